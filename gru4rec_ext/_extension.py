@@ -1,0 +1,54 @@
+"""Loads the compiled extension `gru4rec_ext._C` once, and says what it provides.
+
+Importing `_C` registers the `torch.ops.gru4rec.*` operators. When the extension is not built,
+every op falls back to its pure-PyTorch reference; that fallback is logged once per op, never
+silently taken.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+logger = logging.getLogger("gru4rec_ext")
+
+try:
+    from . import _C  # noqa: F401  (registers torch.ops.gru4rec.*)
+    _IMPORT_ERROR: Exception | None = None
+except ImportError as exc:  # not built, or built against another torch
+    _C = None
+    _IMPORT_ERROR = exc
+
+_warned: set[str] = set()
+
+
+def available() -> bool:
+    """True when the compiled kernels were imported."""
+    return _C is not None
+
+
+def build_info() -> dict:
+    """What the extension was built with ({} when it is not built)."""
+    return dict(_C.build_info()) if _C is not None else {}
+
+
+def has_kernel(op: str, dispatch_key: str) -> bool:
+    """True when `gru4rec::<op>` has a kernel registered for `dispatch_key` ("CPU", "CUDA")."""
+    if _C is None:
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"gru4rec::{op}", dispatch_key)
+
+
+def use_kernel(op: str, device: torch.device) -> bool:
+    """Whether `gru4rec::<op>` runs compiled on `device`; logs the fallback once per op and device."""
+    key = "CUDA" if device.type == "cuda" else "CPU" if device.type == "cpu" else device.type
+    if has_kernel(op, key):
+        return True
+    tag = f"{op}:{key}"
+    if tag not in _warned:
+        _warned.add(tag)
+        why = f"the extension is not built ({_IMPORT_ERROR})" if _C is None else \
+            f"it has no {key} kernel"
+        logger.warning("gru4rec_ext: %s runs the pure-PyTorch reference on %s because %s",
+                       op, key, why)
+    return False
