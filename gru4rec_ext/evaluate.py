@@ -61,9 +61,15 @@ def evaluate(model, data: SessionData, *, batch_size: int = 512,
                          "encode the test data with the model's item map (drop_unknown=True)")
     device = _model_device(model) if device is None else torch.device(device)
 
-    sched = build_schedule(data, batch_size).to(device)
-    if sched.n_pairs == 0:
+    host = build_schedule(data, batch_size)
+    if host.n_pairs == 0:
         raise DataError(f"{data.name}: no (item, next item) pairs to evaluate")
+    sched = host.to(device)
+    # At the tail of the schedule most slots are empty: score only the valid rows there (row
+    # indices precomputed on the host, so the loop never waits on the device).
+    n_valid = host.valid.sum(1).tolist()
+    partial_rows = {step: torch.nonzero(host.valid[step]).squeeze(1).to(device)
+                    for step, count in enumerate(n_valid) if count < batch_size}
     limits = torch.tensor(cutoffs, dtype=torch.float64, device=device)
     # sums[mode, cutoff, 0] = hits, sums[mode, cutoff, 1] = reciprocal ranks of hits
     sums = torch.zeros(len(tie_modes), len(cutoffs), 2, dtype=torch.float64, device=device)
@@ -77,12 +83,15 @@ def evaluate(model, data: SessionData, *, batch_size: int = 512,
             hidden = model.init_hidden(batch_size, device)
             for step in tqdm(range(sched.n_steps), desc="evaluate", unit="step", disable=not progress):
                 out, hidden = model.step(sched.inputs[step], sched.reset[step], hidden)
-                ranks = target_ranks(out, weight, bias, sched.targets[step], activation=activation,
+                targets = sched.targets[step]
+                rows = partial_rows.get(step)
+                if rows is not None:
+                    out, targets = out.index_select(0, rows), targets.index_select(0, rows)
+                ranks = target_ranks(out, weight, bias, targets, activation=activation,
                                      elu_alpha=elu_alpha, chunk_size=chunk_size)
-                valid = sched.valid[step].to(torch.float64)
                 for m, mode in enumerate(tie_modes):
                     rank = ranks[mode]
-                    hit = (rank[None, :] <= limits[:, None]).to(torch.float64) * valid  # [C, B]
+                    hit = (rank[None, :] <= limits[:, None]).to(torch.float64)  # [C, valid rows]
                     sums[m, :, 0] += hit.sum(1)
                     sums[m, :, 1] += (hit / rank).sum(1)
     finally:

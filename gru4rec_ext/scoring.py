@@ -111,8 +111,8 @@ def target_ranks(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     if len(bounds) == 1:
         scores = _chunk_scores(hidden, weight, bias, 0, n, activation, elu_alpha)
         t = scores.gather(1, targets[:, None])
-        greater = (scores > t).sum(1)
-        equal = (scores == t).sum(1)
+        greater = (scores > t).sum(1, dtype=torch.int32)
+        equal = (scores == t).sum(1, dtype=torch.int32)
     else:
         t = torch.empty(B, 1, dtype=hidden.dtype, device=hidden.device)
         for start, stop in bounds:  # pass 1: the targets' scores, from the chunks themselves
@@ -124,8 +124,8 @@ def target_ranks(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
         equal = torch.zeros(B, dtype=torch.int64, device=hidden.device)
         for start, stop in bounds:  # pass 2: count
             scores = _chunk_scores(hidden, weight, bias, start, stop, activation, elu_alpha)
-            greater += (scores > t).sum(1)
-            equal += (scores == t).sum(1)
+            greater += (scores > t).sum(1, dtype=torch.int32)
+            equal += (scores == t).sum(1, dtype=torch.int32)
     greater = greater.to(torch.float64)
     equal = equal.to(torch.float64)
     return {"standard": 1.0 + greater, "conservative": greater + equal,
