@@ -30,7 +30,8 @@ class EpochSchedule:
 
     inputs int64: input item index per step and slot (0 where invalid)
     targets int64: target item index (0 where invalid)
-    reset bool: the slot starts a new session at this step (hidden row zeroed before the step)
+    reset bool: the slot starts a new session at this step (hidden row zeroed before the step);
+        True for every valid slot at step 0, False where invalid
     valid bool: the slot has a session at this step (invalid rows count for nothing)
     n_pairs: the number of valid (input, target) pairs (= valid.sum())
     """

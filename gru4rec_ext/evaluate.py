@@ -45,6 +45,7 @@ def evaluate(model, data: SessionData, *, batch_size: int = 512,
     Recall@N = mean over cases of [rank <= N]; MRR@N = mean of [rank <= N] / rank. Runs under
     torch.no_grad() with model.eval(), and restores the model's training mode afterwards.
     `device` defaults to the model's parameters' device; `chunk_size` goes to `target_ranks`.
+    Raises FloatingPointError when the model's output is NaN/inf for some case.
     """
     if not isinstance(data, SessionData):
         raise TypeError(f"data: expected a SessionData, got {type(data).__name__}")
@@ -73,6 +74,7 @@ def evaluate(model, data: SessionData, *, batch_size: int = 512,
     limits = torch.tensor(cutoffs, dtype=torch.float64, device=device)
     # sums[mode, cutoff, 0] = hits, sums[mode, cutoff, 1] = reciprocal ranks of hits
     sums = torch.zeros(len(tie_modes), len(cutoffs), 2, dtype=torch.float64, device=device)
+    n_nonfinite = torch.zeros((), dtype=torch.int64, device=device)  # cases with NaN/inf output
 
     was_training = getattr(model, "training", None)
     if hasattr(model, "eval"):
@@ -87,6 +89,7 @@ def evaluate(model, data: SessionData, *, batch_size: int = 512,
                 rows = partial_rows.get(step)
                 if rows is not None:
                     out, targets = out.index_select(0, rows), targets.index_select(0, rows)
+                n_nonfinite += (~torch.isfinite(out)).any(1).sum()
                 ranks = target_ranks(out, weight, bias, targets, activation=activation,
                                      elu_alpha=elu_alpha, chunk_size=chunk_size)
                 for m, mode in enumerate(tie_modes):
@@ -98,6 +101,10 @@ def evaluate(model, data: SessionData, *, batch_size: int = 512,
         if was_training is not None and hasattr(model, "train"):
             model.train(was_training)
 
+    if int(n_nonfinite):
+        raise FloatingPointError(f"{data.name}: the model's output is NaN or infinite in "
+                                 f"{int(n_nonfinite)} of {sched.n_pairs} cases; the ranks would be "
+                                 "meaningless (did training diverge?)")
     sums = (sums / sched.n_pairs).cpu().tolist()
     result: dict = {"n_cases": sched.n_pairs}
     for m, mode in enumerate(tie_modes):

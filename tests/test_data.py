@@ -74,6 +74,23 @@ def test_read_string_items_and_renamed_keys(tmp_path):
     assert df["SessionId"].tolist() == ["a", "a", "b", "b"]
 
 
+def test_string_sessions_and_items_to_session_data(tmp_path):
+    text = "sess\titem\tts\nb\tx\t5\nb\ty\t6\na\ty\t1\na\tz\t2\na\tx\t3\n"
+    df = read_events(write_text(tmp_path / "s.tsv", text), "sess", "item", "ts")
+    data = SessionData.from_events(df, ItemMap.fit(df["ItemId"]))
+    assert data.session_ids.tolist() == ["a", "b"]
+    assert data.item_map.decode(data.items).tolist() == ["y", "z", "x", "x", "y"]
+
+
+def test_read_parquet_datetime_column(tmp_path):
+    pytest.importorskip("pyarrow")
+    path = tmp_path / "dt.parquet"
+    pd.DataFrame({"SessionId": [1, 1], "ItemId": ["a", "b"],
+                  "Time": pd.to_datetime(["2016-05-09 00:00:00", "2016-05-09 00:00:02.5"], format="ISO8601")}).to_parquet(path)
+    df = read_events(path)
+    assert df["Time"].tolist() == pytest.approx([1462752000.0, 1462752002.5])
+
+
 def test_read_datetime_time_to_epoch_seconds(tmp_path):
     text = "SessionId,ItemId,Time\n1,5,2014-04-07T10:51:09.277Z\n1,6,2014-04-07T10:51:10.277Z\n"
     df = read_events(write_text(tmp_path / "d.csv", text))

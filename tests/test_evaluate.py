@@ -133,3 +133,12 @@ def test_evaluate_no_pairs_is_an_error():
     data = SessionData.from_events(df, imap, min_session_length=1, name="single.tsv")
     with pytest.raises(DataError, match="single.tsv.*no .* pairs"):
         evaluate(FakeModel(), data, progress=False)
+
+
+def test_evaluate_nonfinite_output_is_an_error():
+    model, data = FakeModel(), make_data()
+    with torch.no_grad():
+        model.E[2, 0] = float("nan")
+    assert (data.items == 2).any()
+    with pytest.raises(FloatingPointError, match="fake.*NaN or infinite"):
+        evaluate(model, data, batch_size=4, progress=False)
