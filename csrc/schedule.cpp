@@ -3,7 +3,6 @@
 
 #include <c10/util/Exception.h>
 
-#include <cstring>
 #include <vector>
 
 namespace gru4rec {
@@ -51,67 +50,58 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> build_schedule(
     if (offsets[s + 1] - offsets[s] >= 2) queue.push_back(s);
   }
 
+  // The slots run the same simulation twice: once to count the steps S, once to fill the
+  // preallocated [S, B] outputs (no growing buffers: peak memory is the outputs themselves).
   const int64_t B = batch_size;
-  int64_t n_pairs = 0;
-  for (int64_t s : queue) n_pairs += offsets[s + 1] - offsets[s] - 1;
-  // Every step has at least one valid slot, so S <= n_pairs; with full slots S ~ n_pairs / B.
-  std::vector<int64_t> in_rows, tg_rows;
-  std::vector<uint8_t> reset_rows, valid_rows;
-  const size_t guess = static_cast<size_t>((n_pairs / B + 16) * B);
-  in_rows.reserve(guess);
-  tg_rows.reserve(guess);
-  reset_rows.reserve(guess);
-  valid_rows.reserve(guess);
-
-  std::vector<int64_t> pos(B, 0), end(B, 0);
-  std::vector<uint8_t> active(B, 0), reset(B, 0);
-  size_t next = 0;
-  int64_t n_active = 0;
-  for (int64_t b = 0; b < B && next < queue.size(); ++b, ++next) {
-    pos[b] = offsets[queue[next]];
-    end[b] = offsets[queue[next] + 1];
-    active[b] = reset[b] = 1;
-    ++n_active;
-  }
-  while (n_active > 0) {
-    for (int64_t b = 0; b < B; ++b) {
-      if (active[b]) {
-        in_rows.push_back(items[pos[b]]);
-        tg_rows.push_back(items[pos[b] + 1]);
-      } else {
-        in_rows.push_back(0);
-        tg_rows.push_back(0);
-      }
-      reset_rows.push_back(reset[b]);
-      valid_rows.push_back(active[b]);
+  auto simulate = [&](int64_t* in_out, int64_t* tg_out, bool* reset_out, bool* valid_out) -> int64_t {
+    std::vector<int64_t> pos(B, 0), end(B, 0);
+    std::vector<uint8_t> active(B, 0), reset(B, 0);
+    size_t next = 0;
+    int64_t n_active = 0;
+    for (int64_t b = 0; b < B && next < queue.size(); ++b, ++next) {
+      pos[b] = offsets[queue[next]];
+      end[b] = offsets[queue[next] + 1];
+      active[b] = reset[b] = 1;
+      ++n_active;
     }
-    for (int64_t b = 0; b < B; ++b) {
-      reset[b] = 0;
-      if (!active[b]) continue;
-      ++pos[b];
-      if (pos[b] + 1 < end[b]) continue;
-      if (next < queue.size()) {
-        pos[b] = offsets[queue[next]];
-        end[b] = offsets[queue[next] + 1];
-        reset[b] = 1;
-        ++next;
-      } else {
-        active[b] = 0;
-        --n_active;
+    int64_t step = 0;
+    for (; n_active > 0; ++step) {
+      if (in_out != nullptr) {
+        const int64_t row = step * B;
+        for (int64_t b = 0; b < B; ++b) {
+          in_out[row + b] = active[b] ? items[pos[b]] : 0;
+          tg_out[row + b] = active[b] ? items[pos[b] + 1] : 0;
+          reset_out[row + b] = reset[b] != 0;
+          valid_out[row + b] = active[b] != 0;
+        }
+      }
+      for (int64_t b = 0; b < B; ++b) {
+        reset[b] = 0;
+        if (!active[b]) continue;
+        ++pos[b];
+        if (pos[b] + 1 < end[b]) continue;
+        if (next < queue.size()) {
+          pos[b] = offsets[queue[next]];
+          end[b] = offsets[queue[next] + 1];
+          reset[b] = 1;
+          ++next;
+        } else {
+          active[b] = 0;
+          --n_active;
+        }
       }
     }
-  }
+    return step;
+  };
 
-  const int64_t S = static_cast<int64_t>(in_rows.size()) / B;
+  const int64_t S = simulate(nullptr, nullptr, nullptr, nullptr);
   at::Tensor inputs = at::empty({S, B}, at::kLong);
   at::Tensor targets = at::empty({S, B}, at::kLong);
   at::Tensor reset_out = at::empty({S, B}, at::kBool);
   at::Tensor valid_out = at::empty({S, B}, at::kBool);
   if (S > 0) {
-    std::memcpy(inputs.data_ptr<int64_t>(), in_rows.data(), in_rows.size() * sizeof(int64_t));
-    std::memcpy(targets.data_ptr<int64_t>(), tg_rows.data(), tg_rows.size() * sizeof(int64_t));
-    std::memcpy(reset_out.data_ptr<bool>(), reset_rows.data(), reset_rows.size());
-    std::memcpy(valid_out.data_ptr<bool>(), valid_rows.data(), valid_rows.size());
+    simulate(inputs.data_ptr<int64_t>(), targets.data_ptr<int64_t>(), reset_out.data_ptr<bool>(),
+             valid_out.data_ptr<bool>());
   }
   return {inputs, targets, reset_out, valid_out};
 }
