@@ -193,8 +193,10 @@ def read_events(path, session_key: str = SESSION, item_key: str = ITEM, time_key
         ITEM: _plain_ids(df[item_key]),
         TIME: _time_to_seconds(path, df[time_key], time_key),
     })
+    out = out.reset_index(drop=True)
+    out.attrs["source"] = path  # SessionData.from_events names the file in its errors
     logger.info("read %d events of %d sessions from %s", len(out), out[SESSION].nunique(), path)
-    return out.reset_index(drop=True)
+    return out
 
 
 def _plain_ids(column: pd.Series) -> pd.Series:
@@ -365,14 +367,17 @@ class SessionData:
 
     @classmethod
     def from_events(cls, df: pd.DataFrame, item_map: ItemMap, *, drop_unknown: bool = False,
-                    min_session_length: int = 2, name: str = "<events>") -> "SessionData":
+                    min_session_length: int = 2, name: str | None = None) -> "SessionData":
         """Sessions of an event table (columns SessionId, ItemId, Time, as `read_events` gives).
 
         Items are encoded with `item_map`. Events of unknown items are dropped when
         `drop_unknown` (their session's pairs bridge over them; SPEC section 1), else they raise
         DataError. Then sessions shorter than `min_session_length` are dropped. DataError (naming
-        `name`) when no session is left.
+        `name`) when no session is left. `name` defaults to the file `read_events` read `df`
+        from (kept in `df.attrs["source"]`), else "<events>".
         """
+        if name is None:
+            name = str(getattr(df, "attrs", {}).get("source", "<events>"))
         if not isinstance(df, pd.DataFrame):
             raise TypeError(f"df: expected a pandas DataFrame, got {type(df).__name__}")
         if not isinstance(item_map, ItemMap):
@@ -441,7 +446,7 @@ class SessionData:
         if item_map is None:
             item_map = ItemMap.fit(df[ITEM])
         return cls.from_events(df, item_map, drop_unknown=drop_unknown,
-                               min_session_length=min_session_length, name=os.fspath(path))
+                               min_session_length=min_session_length)
 
     @property
     def n_events(self) -> int:

@@ -138,15 +138,24 @@ def top_k(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, k: int
           chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The k best items per row: (scores [B, k], indices int64 [B, k]), best first.
 
-    exclude: items that must not be recommended: an int tensor [E] (the same items for every row)
-    or [B, E] (per row; entries < 0 are padding). Excluded items score -inf; if fewer than k items
-    are left, the last entries of a row are excluded ones with score -inf.
+    exclude: items that must not be recommended: a bool mask [N] or [B, N] (True = excluded), or
+    int item indices [E] (the same items for every row) or [B, E] (per row; entries < 0 are
+    padding). Excluded items score -inf; if fewer than k items are left, the last entries of a
+    row are excluded ones with score -inf.
     """
     _check_activation(activation)
     _check_operands(hidden, weight, bias)
     n, B = weight.shape[0], hidden.shape[0]
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
         raise ValueError(f"k: expected an int in [1, {n}], got {k!r}")
+    mask = None
+    if exclude is not None and torch.as_tensor(exclude).dtype == torch.bool:
+        mask = torch.as_tensor(exclude, device=hidden.device)
+        if mask.dim() == 1:
+            mask = mask[None, :].expand(B, -1)
+        if mask.shape != (B, n):
+            raise ValueError(f"exclude: a bool mask must be [{n}] or [{B}, {n}], got {tuple(mask.shape)}")
+        exclude = None
     if exclude is not None:
         exclude = torch.as_tensor(exclude, device=hidden.device)
         if exclude.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
@@ -164,6 +173,8 @@ def top_k(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, k: int
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         scores = _chunk_scores(hidden, weight, bias, start, stop, activation, elu_alpha)
+        if mask is not None:
+            scores = scores.masked_fill(mask[:, start:stop], float("-inf"))
         if exclude is not None and exclude.numel():
             local = exclude - start
             hit = (local >= 0) & (local < stop - start)

@@ -177,6 +177,14 @@ def test_error_test_file_with_no_known_items(tmp_path):
         SessionData.from_events(test, imap, drop_unknown=True, name="mytest.tsv")
 
 
+def test_error_names_the_file_read_events_read(tmp_path):
+    write_text(tmp_path / "train.tsv", "SessionId\tItemId\tTime\n1\t1\t0\n1\t2\t1\n")
+    path = write_text(tmp_path / "unknown_items.tsv", "SessionId\tItemId\tTime\n5\t8\t0\n5\t9\t1\n")
+    imap = ItemMap.fit(read_events(tmp_path / "train.tsv")["ItemId"])
+    with pytest.raises(DataError, match="unknown_items.tsv.*no event has an item of the item map"):
+        SessionData.from_events(read_events(path), imap, drop_unknown=True)
+
+
 def test_error_only_short_sessions_left():
     imap = ItemMap.fit([1, 2])
     test = pd.DataFrame({"SessionId": [5, 5, 6], "ItemId": [1, 9, 2], "Time": [0.0, 1.0, 2.0]})

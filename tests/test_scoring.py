@@ -94,9 +94,17 @@ def test_top_k_exclude():
     want_s, want_i = masked.topk(5, dim=1)
     assert torch.equal(i, want_i)
     assert not (i == best[:, None]).any()
+    # the same as a bool mask [B, N]
+    mask = torch.zeros(B, N, dtype=torch.bool)
+    mask[torch.arange(B), best] = True
+    s3, i3 = top_k(hidden, weight, bias, 5, exclude=mask, chunk_size=7)
+    assert torch.equal(i3, want_i)
     # the same items for every row
     s2, i2 = top_k(hidden, weight, bias, 5, exclude=torch.tensor([0, 1, 2]), chunk_size=6)
     assert not (i2 < 3).any()
+    m2 = torch.zeros(N, dtype=torch.bool)
+    m2[:3] = True
+    assert torch.equal(top_k(hidden, weight, bias, 5, exclude=m2, chunk_size=6)[1], i2)
 
 
 def test_bad_arguments():
