@@ -355,3 +355,16 @@ def test_preprocess_missing_file(tmp_path):
         preprocess_diginetica(tmp_path / "nope.csv", tmp_path)
     with pytest.raises(DataError, match="nope.dat.*no such file"):
         preprocess_yoochoose(tmp_path / "nope.dat", tmp_path)
+
+
+YOOCHOOSE164 = "/work/shared/data/yoochoose1_64"
+
+
+@pytest.mark.skipif(not os.path.isdir(YOOCHOOSE164), reason="yoochoose1_64 benchmark files not present")
+def test_unseen_test_items_bridged_like_the_reference():
+    # REFERENCE.md: 531 test rows with unseen items dropped, 55,400 pairs scored
+    train = SessionData.from_file(os.path.join(YOOCHOOSE164, "yoochoose1_64_train_full.tsv.xz"))
+    raw = read_events(os.path.join(YOOCHOOSE164, "yoochoose1_64_test.tsv.xz"))
+    assert int((train.item_map.encode(raw["ItemId"]) < 0).sum()) == 531
+    test = SessionData.from_events(raw, train.item_map, drop_unknown=True)
+    assert test.n_pairs == 55400
