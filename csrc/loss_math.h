@@ -70,6 +70,26 @@ LOSS_HD acc_t sigmoid_grad(acc_t x) {
   return e / (d * d);
 }
 
+// sigmoid(x) and sigmoid'(x) from one exp.
+template <typename acc_t>
+LOSS_HD void sigmoid_and_grad(acc_t x, acc_t& sig, acc_t& grad) {
+  const acc_t e = std::exp(-std::abs(x));
+  const acc_t d = acc_t(1) + e;
+  const acc_t inv = acc_t(1) / d;
+  sig = x >= acc_t(0) ? inv : e * inv;
+  grad = e * inv * inv;
+}
+
+// sigmoid(x), sigmoid(-x) and log(sigmoid(x)) from one exp (no 1 - sigmoid cancellation).
+template <typename acc_t>
+LOSS_HD void sigmoid_and_log(acc_t x, acc_t& sig, acc_t& sig_neg, acc_t& log_sig) {
+  const acc_t e = std::exp(-std::abs(x));
+  const acc_t inv = acc_t(1) / (acc_t(1) + e);
+  sig = x >= acc_t(0) ? inv : e * inv;
+  sig_neg = x >= acc_t(0) ? e * inv : inv;
+  log_sig = (x < acc_t(0) ? x : acc_t(0)) - std::log1p(e);
+}
+
 // log(exp(a) + exp(b)) for finite a, b.
 template <typename acc_t>
 LOSS_HD acc_t log_add_exp(acc_t a, acc_t b) {

@@ -17,12 +17,12 @@ namespace {
 
 namespace lm = loss_math;
 
-// Per-row scratch: activated scores r, and up to three per-column terms of the loss.
+// Per-thread scratch of a row: up to four per-column terms of the loss, [C] each.
 template <typename acc_t>
 struct RowScratch {
-  explicit RowScratch(int64_t C) : buf(4 * C), r(buf.data()), a(r + C), b(a + C), c(b + C) {}
+  explicit RowScratch(int64_t C) : buf(4 * C), a(buf.data()), b(a + C), c(b + C), d(c + C) {}
   std::vector<acc_t> buf;
-  acc_t *r, *a, *b, *c;
+  acc_t *a, *b, *c, *d;
 };
 
 // One row's loss (unscaled) and dL/dr_j (unscaled) written to g[0..C), for the loss codes.
@@ -32,6 +32,7 @@ template <typename acc_t>
 bool row_loss_grad(const acc_t* r, const uint8_t* neg, int64_t C, int64_t pos, acc_t ns,
                    const acc_t* shift, const lm::LossParams<acc_t>& p, RowScratch<acc_t>& s,
                    acc_t* g, acc_t& loss_out) {
+  using sum_t = double;  // row sums: sequential float sums over thousands of columns lose digits
   const acc_t ri = r[pos];
   const acc_t ninf = -std::numeric_limits<acc_t>::infinity();
   if (p.loss == lm::kCrossEntropy) {
@@ -42,45 +43,49 @@ bool row_loss_grad(const acc_t* r, const uint8_t* neg, int64_t C, int64_t pos, a
       z[j] = shift ? r[j] - shift[j] : r[j];
       if (neg[j] || j == pos) m = lm::max_of(m, z[j]);
     }
-    acc_t Z = 0;
+    sum_t Z = 0;
     for (int64_t j = 0; j < C; ++j) {
       const acc_t e = (neg[j] || j == pos) ? std::exp(z[j] - m) : acc_t(0);
       g[j] = e;
       Z += e;
     }
-    const acc_t inv = acc_t(1) / Z;
+    const acc_t inv = static_cast<acc_t>(1.0 / Z);
     for (int64_t j = 0; j < C; ++j) g[j] *= inv;
     g[pos] -= acc_t(1);
-    loss_out = m + std::log(Z) - z[pos];
+    loss_out = static_cast<acc_t>(m + std::log(Z) - z[pos]);
     return true;
   }
   if (ns <= acc_t(0)) return false;
   if (p.loss == lm::kBPR || p.loss == lm::kTop1) {
     // BPR: -(1/N_s) sum_j log sigmoid(r_i - r_j); TOP1: (1/N_s) sum_j sigmoid(r_j - r_i) + sigmoid(r_j^2).
     const acc_t inv = acc_t(1) / ns;
-    acc_t total = 0, gpos = 0;
+    sum_t total = 0, gpos = 0;
     const bool bpr = p.loss == lm::kBPR;
     for (int64_t j = 0; j < C; ++j) {
       acc_t term = 0, gj = 0, gi = 0;
       if (neg[j]) {
         const acc_t d = r[j] - ri;
         if (bpr) {
-          term = -lm::log_sigmoid(-d);
-          gj = lm::sigmoid(d);
+          acc_t sig, sig_neg, log_sig;  // of r_i - r_j
+          lm::sigmoid_and_log(-d, sig, sig_neg, log_sig);
+          term = -log_sig;
+          gj = sig_neg;  // sigmoid(r_j - r_i)
           gi = gj;
         } else {
-          const acc_t sq = r[j] * r[j];
-          term = lm::sigmoid(d) + lm::sigmoid(sq);
-          gi = lm::sigmoid_grad(d);
-          gj = gi + acc_t(2) * r[j] * lm::sigmoid_grad(sq);
+          acc_t sd, gd, ss, gs;
+          lm::sigmoid_and_grad(d, sd, gd);
+          lm::sigmoid_and_grad(r[j] * r[j], ss, gs);
+          term = sd + ss;
+          gi = gd;
+          gj = gd + acc_t(2) * r[j] * gs;
         }
       }
       total += term;
       gpos += gi;
       g[j] = gj * inv;
     }
-    g[pos] = -gpos * inv;
-    loss_out = total * inv;
+    g[pos] = static_cast<acc_t>(-gpos) * inv;
+    loss_out = static_cast<acc_t>(total) * inv;
     return true;
   }
   // Softmax over the negatives: s_j = exp(r_j - m) / Z.
@@ -88,30 +93,35 @@ bool row_loss_grad(const acc_t* r, const uint8_t* neg, int64_t C, int64_t pos, a
   for (int64_t j = 0; j < C; ++j)
     if (neg[j]) m = lm::max_of(m, r[j]);
   acc_t* e = s.a;
-  acc_t Z = 0;
+  sum_t Z = 0;
   for (int64_t j = 0; j < C; ++j) {
     e[j] = neg[j] ? std::exp(r[j] - m) : acc_t(0);
     Z += e[j];
   }
-  const acc_t invZ = acc_t(1) / Z;
+  const acc_t invZ = static_cast<acc_t>(1.0 / Z);
   if (p.loss == lm::kTop1Max) {
     // L = sum_j s_j g_j, g_j = sigmoid(r_j - r_i) + sigmoid(r_j^2);
     // dL/dr_k = s_k (g_k - L + sigmoid'(r_k - r_i) + 2 r_k sigmoid'(r_k^2)), dL/dr_i = -sum s_j sigmoid'(r_j - r_i).
     acc_t* gt = s.b;
     acc_t* ht = s.c;
-    acc_t G = 0, D = 0;
+    sum_t G = 0, D = 0;
     for (int64_t j = 0; j < C; ++j) {
-      const acc_t d = r[j] - ri, sq = r[j] * r[j];
-      const acc_t sd = lm::sigmoid_grad(d);
-      gt[j] = lm::sigmoid(d) + lm::sigmoid(sq);
-      ht[j] = sd + acc_t(2) * r[j] * lm::sigmoid_grad(sq);
+      if (!neg[j]) {
+        gt[j] = ht[j] = 0;
+        continue;
+      }
+      acc_t sd, gd, ss, gs;
+      lm::sigmoid_and_grad(r[j] - ri, sd, gd);
+      lm::sigmoid_and_grad(r[j] * r[j], ss, gs);
+      gt[j] = sd + ss;
+      ht[j] = gd + acc_t(2) * r[j] * gs;
       G += e[j] * gt[j];
-      D += e[j] * sd;
+      D += e[j] * gd;
     }
-    G *= invZ;
-    for (int64_t j = 0; j < C; ++j) g[j] = e[j] * invZ * (gt[j] - G + ht[j]);
-    g[pos] = -D * invZ;
-    loss_out = G;
+    const acc_t Gn = static_cast<acc_t>(G / Z);
+    for (int64_t j = 0; j < C; ++j) g[j] = e[j] * invZ * (gt[j] - Gn + ht[j]);
+    g[pos] = static_cast<acc_t>(-D / Z);
+    loss_out = Gn;
     return true;
   }
   // BPR-max: A = -log(sum_j s_j sigmoid(r_i - r_j) + 1e-24) in log form: with
@@ -121,31 +131,37 @@ bool row_loss_grad(const acc_t* r, const uint8_t* neg, int64_t C, int64_t pos, a
   // dR/dr_k = s_k (2 r_k + r_k^2 - R).
   acc_t* v = s.b;
   acc_t* sp = s.c;  // sigmoid(r_i - r_j)
-  acc_t mv = ninf, Q = 0;
+  acc_t* sn = s.d;  // sigmoid(r_j - r_i)
+  acc_t mv = ninf;
+  sum_t Q = 0;
   for (int64_t j = 0; j < C; ++j) {
-    const acc_t d = ri - r[j];
-    v[j] = r[j] + lm::log_sigmoid(d);
-    sp[j] = lm::sigmoid(d);
+    if (!neg[j]) {
+      v[j] = sp[j] = sn[j] = 0;
+      continue;
+    }
+    acc_t log_sig;
+    lm::sigmoid_and_log(ri - r[j], sp[j], sn[j], log_sig);
+    v[j] = r[j] + log_sig;
     Q += e[j] * r[j] * r[j];
-    if (neg[j]) mv = lm::max_of(mv, v[j]);
+    mv = lm::max_of(mv, v[j]);
   }
-  acc_t sv = 0, tv = 0;
+  sum_t sv = 0, tv = 0;
   for (int64_t j = 0; j < C; ++j) {
     const acc_t w = neg[j] ? std::exp(v[j] - mv) : acc_t(0);
     v[j] = w;
     sv += w;
-    tv += w * (acc_t(1) - sp[j]);
+    tv += w * sn[j];
   }
-  const acc_t lse = mv + std::log(sv) - (m + std::log(Z));
+  const acc_t lse = static_cast<acc_t>(mv + std::log(sv) - (m + std::log(Z)));
   const acc_t leps = lm::log_bprmax_eps<acc_t>();
   const acc_t rho = lm::sigmoid(lse - leps);
-  const acc_t R = Q * invZ;
-  const acc_t inv_sv = acc_t(1) / sv;
+  const acc_t R = static_cast<acc_t>(Q / Z);
+  const acc_t inv_sv = static_cast<acc_t>(1.0 / sv);
   for (int64_t j = 0; j < C; ++j) {
     const acc_t sk = e[j] * invZ;
     g[j] = -rho * (v[j] * inv_sv * sp[j] - sk) + p.bpreg * sk * (acc_t(2) * r[j] + r[j] * r[j] - R);
   }
-  g[pos] = -rho * tv * inv_sv;
+  g[pos] = -rho * static_cast<acc_t>(tv / sv);
   loss_out = -lm::log_add_exp(lse, leps) + p.bpreg * R;
   return true;
 }

@@ -120,11 +120,15 @@ __global__ void __launch_bounds__(kThreads)
       if (!is_neg(j)) continue;
       const acc_t r = act(static_cast<acc_t>(row[j])), d = r - ri;
       if (bpr) {
-        acc[0] -= lm::log_sigmoid(-d);
-        acc[1] += lm::sigmoid(d);
+        acc_t sig, sig_neg, log_sig;  // of r_i - r_j
+        lm::sigmoid_and_log(-d, sig, sig_neg, log_sig);
+        acc[0] -= log_sig;
+        acc[1] += sig_neg;
       } else {
-        acc[0] += lm::sigmoid(d) + lm::sigmoid(r * r);
-        acc[1] += lm::sigmoid_grad(d);
+        acc_t sd, gd;
+        lm::sigmoid_and_grad(d, sd, gd);
+        acc[0] += sd + lm::sigmoid(r * r);
+        acc[1] += gd;
       }
       acc[2] += acc_t(1);
     }
@@ -142,7 +146,7 @@ __global__ void __launch_bounds__(kThreads)
       } else if (is_neg(j)) {
         const acc_t d = r - ri;
         g = bpr ? lm::sigmoid(d) : lm::sigmoid_grad(d) + acc_t(2) * r * lm::sigmoid_grad(r * r);
-        g *= inv;
+        g *= inv;  // BPR: sigmoid(r_j - r_i) / N_s
       }
       write(j, x, r, g);
     }
@@ -176,14 +180,17 @@ __global__ void __launch_bounds__(kThreads)
     const acc_t e = std::exp(r - m);
     acc[0] += e;
     if (bprmax) {
-      const acc_t w = std::exp(r + lm::log_sigmoid(ri - r) - mv);
+      acc_t sig, sig_neg, log_sig;  // of r_i - r_j
+      lm::sigmoid_and_log(ri - r, sig, sig_neg, log_sig);
+      const acc_t w = std::exp(r + log_sig - mv);
       acc[1] += e * r * r;
       acc[2] += w;
-      acc[3] += w * lm::sigmoid(r - ri);
+      acc[3] += w * sig_neg;
     } else {
-      const acc_t d = r - ri;
-      acc[1] += e * (lm::sigmoid(d) + lm::sigmoid(r * r));
-      acc[2] += e * lm::sigmoid_grad(d);
+      acc_t sd, gd;
+      lm::sigmoid_and_grad(r - ri, sd, gd);
+      acc[1] += e * (sd + lm::sigmoid(r * r));
+      acc[2] += e * gd;
     }
   }
   block_reduce<false>(acc, partials, results);
@@ -199,9 +206,11 @@ __global__ void __launch_bounds__(kThreads)
       if (j == b) {
         g = -rho * acc[3] * inv_sv;
       } else if (is_neg(j)) {
+        acc_t sig, sig_neg, log_sig;  // of r_i - r_k
+        lm::sigmoid_and_log(ri - r, sig, sig_neg, log_sig);
         const acc_t sk = std::exp(r - m) * invZ;
-        const acc_t wk = std::exp(r + lm::log_sigmoid(ri - r) - mv) * inv_sv;
-        g = -rho * (wk * lm::sigmoid(ri - r) - sk) + p.bpreg * sk * (acc_t(2) * r + r * r - R);
+        const acc_t wk = std::exp(r + log_sig - mv) * inv_sv;
+        g = -rho * (wk * sig - sk) + p.bpreg * sk * (acc_t(2) * r + r * r - R);
       }
       write(j, x, r, g);
     }
@@ -214,10 +223,10 @@ __global__ void __launch_bounds__(kThreads)
       if (j == b) {
         g = -acc[2] * invZ;
       } else if (is_neg(j)) {
-        const acc_t d = r - ri;
-        const acc_t gt = lm::sigmoid(d) + lm::sigmoid(r * r);
-        g = std::exp(r - m) * invZ *
-            (gt - G + lm::sigmoid_grad(d) + acc_t(2) * r * lm::sigmoid_grad(r * r));
+        acc_t sd, gd, ss, gs;
+        lm::sigmoid_and_grad(r - ri, sd, gd);
+        lm::sigmoid_and_grad(r * r, ss, gs);
+        g = std::exp(r - m) * invZ * (sd + ss - G + gd + acc_t(2) * r * gs);
       }
       write(j, x, r, g);
     }
