@@ -7,8 +7,13 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <limits>
 #include <vector>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "loss_math.h"
 
@@ -17,152 +22,262 @@ namespace {
 
 namespace lm = loss_math;
 
-// Per-thread scratch of a row: up to four per-column terms of the loss, [C] each.
+// ---- Exp and log1p over arrays. For float these are SSE2 code (4 lanes): libm's expf / log1pf
+// are scalar calls, and GCC does not vectorise the selects around them under -ftrapping-math.
+// double (and tails, and other CPUs) use libm.
+
+#if defined(__SSE2__)
+// exp of 4 floats: x = n ln2 + f, |f| <= ln2/2 (Cody-Waite split of ln2), a degree-7 Taylor
+// polynomial for exp(f) (truncation error < 1e-8), 2^n from the exponent bits; 0 below -87.
+inline __m128 exp_ps(__m128 x) {
+  const __m128 lo = _mm_set1_ps(-87.0f);
+  const __m128 xc = _mm_min_ps(_mm_max_ps(x, lo), _mm_set1_ps(88.0f));
+  const __m128i ni = _mm_cvtps_epi32(_mm_mul_ps(xc, _mm_set1_ps(1.44269504088896341f)));
+  const __m128 n = _mm_cvtepi32_ps(ni);  // round to nearest
+  const __m128 f = _mm_add_ps(_mm_sub_ps(xc, _mm_mul_ps(n, _mm_set1_ps(0.693359375f))),
+                              _mm_mul_ps(n, _mm_set1_ps(2.12194440e-4f)));
+  __m128 q = _mm_set1_ps(1.0f / 5040.0f);
+  const float coef[] = {1.0f / 720.0f, 1.0f / 120.0f, 1.0f / 24.0f, 1.0f / 6.0f, 0.5f, 1.0f, 1.0f};
+  for (float c : coef) q = _mm_add_ps(_mm_mul_ps(q, f), _mm_set1_ps(c));
+  const __m128 two_n = _mm_castsi128_ps(_mm_slli_epi32(_mm_add_epi32(ni, _mm_set1_epi32(127)), 23));
+  return _mm_and_ps(_mm_mul_ps(q, two_n), _mm_cmpge_ps(x, lo));
+}
+
+// log(1 + e) of 4 floats in [0, 1]: log1p(y) = 2 atanh(y / (2 + y)) as an odd series in
+// t = y / (2 + y), |t| <= 0.172 (error < 1e-9); above sqrt(2) - 1, 1 + e = 2 (1 + (e - 1) / 2).
+inline __m128 log1p_unit_ps(__m128 e) {
+  const __m128 hi = _mm_cmpgt_ps(e, _mm_set1_ps(0.41421356f));
+  const __m128 y_hi = _mm_mul_ps(_mm_sub_ps(e, _mm_set1_ps(1.0f)), _mm_set1_ps(0.5f));
+  const __m128 y = _mm_or_ps(_mm_and_ps(hi, y_hi), _mm_andnot_ps(hi, e));
+  const __m128 t = _mm_div_ps(y, _mm_add_ps(_mm_set1_ps(2.0f), y));
+  const __m128 t2 = _mm_mul_ps(t, t);
+  __m128 q = _mm_set1_ps(1.0f / 9.0f);
+  const float coef[] = {1.0f / 7.0f, 1.0f / 5.0f, 1.0f / 3.0f, 1.0f};
+  for (float c : coef) q = _mm_add_ps(_mm_mul_ps(q, t2), _mm_set1_ps(c));
+  const __m128 series = _mm_mul_ps(_mm_mul_ps(_mm_set1_ps(2.0f), t), q);
+  return _mm_add_ps(_mm_and_ps(hi, _mm_set1_ps(0.69314718055994531f)), series);
+}
+#endif
+
+// out[j] = exp(in[j]), j < n (in == out allowed).
+inline void exp_array(const float* in, float* out, int64_t n) {
+  int64_t j = 0;
+#if defined(__SSE2__)
+  for (; j + 4 <= n; j += 4) _mm_storeu_ps(out + j, exp_ps(_mm_loadu_ps(in + j)));
+#endif
+  for (; j < n; ++j) out[j] = std::exp(in[j]);
+}
+inline void exp_array(const double* in, double* out, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) out[j] = std::exp(in[j]);
+}
+
+// out[j] = log(1 + in[j]) for in[j] in [0, 1], j < n (in == out allowed).
+inline void log1p_unit_array(const float* in, float* out, int64_t n) {
+  int64_t j = 0;
+#if defined(__SSE2__)
+  for (; j + 4 <= n; j += 4) _mm_storeu_ps(out + j, log1p_unit_ps(_mm_loadu_ps(in + j)));
+#endif
+  for (; j < n; ++j) out[j] = std::log1p(in[j]);
+}
+inline void log1p_unit_array(const double* in, double* out, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) out[j] = std::log1p(in[j]);
+}
+
+// Sum of x[0..n) in double over float partial sums of 256 (vectorised, and accurate: sequential
+// float sums over thousands of columns lose digits).
+template <typename acc_t>
+double row_sum(const acc_t* x, int64_t n) {
+  double total = 0;
+  for (int64_t j0 = 0; j0 < n; j0 += 256) {
+    const int64_t j1 = std::min(n, j0 + 256);
+    acc_t part = 0;
+#pragma omp simd reduction(+ : part)
+    for (int64_t j = j0; j < j1; ++j) part += x[j];
+    total += part;
+  }
+  return total;
+}
+
+// Max of x[0..n) (vectorised).
+template <typename acc_t>
+acc_t row_max(const acc_t* x, int64_t n) {
+  acc_t m = std::numeric_limits<acc_t>::lowest();
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 0; j < n; ++j) {
+    const acc_t v = x[j];
+    m = v > m ? v : m;
+  }
+  return m;
+}
+
+// Per-thread scratch of a row: six per-column terms of the loss, [C] each.
 template <typename acc_t>
 struct RowScratch {
-  explicit RowScratch(int64_t C) : buf(4 * C), a(buf.data()), b(a + C), c(b + C), d(c + C) {}
+  explicit RowScratch(int64_t C) : buf(6 * C), a(buf.data()), b(a + C), c(b + C), d(c + C),
+                                   e(d + C), f(e + C) {}
   std::vector<acc_t> buf;
-  acc_t *a, *b, *c, *d;
+  acc_t *a, *b, *c, *d, *e, *f;
 };
 
 // One row's loss (unscaled) and dL/dr_j (unscaled) written to g[0..C), for the loss codes.
-// r: [C] activated scores; neg: [C] 1 for the row's negatives, 0 otherwise; pos: the row index.
+// r: [C] activated scores; nm: [C] 1 for the row's negatives, else 0; pos: the row index (its
+// positive column); ns: number of negatives; shift: [C] logq * log q_j or null.
 // Returns false when the row has no negatives and the loss needs them (the row then counts 0).
+// The exps and logs run over whole arrays (exp_array, log1p_unit_array); the loops around them
+// are plain arithmetic; sums go through row_sum. Off the negatives every term is selected to 0.
 template <typename acc_t>
-bool row_loss_grad(const acc_t* r, const uint8_t* neg, int64_t C, int64_t pos, acc_t ns,
-                   const acc_t* shift, const lm::LossParams<acc_t>& p, RowScratch<acc_t>& s,
-                   acc_t* g, acc_t& loss_out) {
-  using sum_t = double;  // row sums: sequential float sums over thousands of columns lose digits
+bool row_loss_grad(const acc_t* __restrict__ r, const acc_t* __restrict__ nm, int64_t C,
+                   int64_t pos, int64_t ns, const acc_t* __restrict__ shift,
+                   const lm::LossParams<acc_t>& p, RowScratch<acc_t>& s, acc_t* __restrict__ g,
+                   acc_t& loss_out) {
   const acc_t ri = r[pos];
-  const acc_t ninf = -std::numeric_limits<acc_t>::infinity();
+  const acc_t lowest = std::numeric_limits<acc_t>::lowest();
+  const acc_t zero = acc_t(0), one = acc_t(1);
+  acc_t* __restrict__ a = s.a;
+  acc_t* __restrict__ b = s.b;
+  acc_t* __restrict__ c = s.c;
+  acc_t* __restrict__ d = s.d;
+  acc_t* __restrict__ e5 = s.e;
+  acc_t* __restrict__ f6 = s.f;
   if (p.loss == lm::kCrossEntropy) {
     // z_j = r_j - logq log q_j over the positive and the negatives; L = lse(z) - z_i.
-    acc_t* z = s.a;
-    acc_t m = ninf;
-    for (int64_t j = 0; j < C; ++j) {
-      z[j] = shift ? r[j] - shift[j] : r[j];
-      if (neg[j] || j == pos) m = lm::max_of(m, z[j]);
-    }
-    sum_t Z = 0;
-    for (int64_t j = 0; j < C; ++j) {
-      const acc_t e = (neg[j] || j == pos) ? std::exp(z[j] - m) : acc_t(0);
-      g[j] = e;
-      Z += e;
-    }
+    for (int64_t j = 0; j < C; ++j) a[j] = shift ? r[j] - shift[j] : r[j];  // z
+    const acc_t zi = a[pos];
+    for (int64_t j = 0; j < C; ++j) b[j] = nm[j] != zero ? a[j] : lowest;
+    b[pos] = zi;
+    const acc_t m = row_max(b, C);
+    for (int64_t j = 0; j < C; ++j) g[j] = a[j] - m;
+    exp_array(g, g, C);
+    const acc_t e_pos = g[pos];
+    for (int64_t j = 0; j < C; ++j) g[j] = nm[j] != zero ? g[j] : zero;
+    g[pos] = e_pos;
+    const double Z = row_sum(g, C);
     const acc_t inv = static_cast<acc_t>(1.0 / Z);
     for (int64_t j = 0; j < C; ++j) g[j] *= inv;
-    g[pos] -= acc_t(1);
-    loss_out = static_cast<acc_t>(m + std::log(Z) - z[pos]);
+    g[pos] -= one;
+    loss_out = static_cast<acc_t>(m + std::log(Z) - zi);
     return true;
   }
-  if (ns <= acc_t(0)) return false;
-  if (p.loss == lm::kBPR || p.loss == lm::kTop1) {
-    // BPR: -(1/N_s) sum_j log sigmoid(r_i - r_j); TOP1: (1/N_s) sum_j sigmoid(r_j - r_i) + sigmoid(r_j^2).
-    const acc_t inv = acc_t(1) / ns;
-    sum_t total = 0, gpos = 0;
-    const bool bpr = p.loss == lm::kBPR;
+  if (ns <= 0) return false;
+  const acc_t inv_ns = one / static_cast<acc_t>(ns);
+  if (p.loss == lm::kBPR) {
+    // -(1/N_s) sum_j log sigmoid(r_i - r_j); dL/dr_j = sigmoid(r_j - r_i) / N_s.
     for (int64_t j = 0; j < C; ++j) {
-      acc_t term = 0, gj = 0, gi = 0;
-      if (neg[j]) {
-        const acc_t d = r[j] - ri;
-        if (bpr) {
-          acc_t sig, sig_neg, log_sig;  // of r_i - r_j
-          lm::sigmoid_and_log(-d, sig, sig_neg, log_sig);
-          term = -log_sig;
-          gj = sig_neg;  // sigmoid(r_j - r_i)
-          gi = gj;
-        } else {
-          acc_t sd, gd, ss, gs;
-          lm::sigmoid_and_grad(d, sd, gd);
-          lm::sigmoid_and_grad(r[j] * r[j], ss, gs);
-          term = sd + ss;
-          gi = gd;
-          gj = gd + acc_t(2) * r[j] * gs;
-        }
-      }
-      total += term;
-      gpos += gi;
-      g[j] = gj * inv;
+      const acc_t dj = ri - r[j];
+      a[j] = dj;
+      b[j] = dj < zero ? dj : -dj;  // -|d|
     }
-    g[pos] = static_cast<acc_t>(-gpos) * inv;
-    loss_out = static_cast<acc_t>(total) * inv;
+    exp_array(b, b, C);              // e = exp(-|d|)
+    log1p_unit_array(b, c, C);       // log(1 + e)
+    for (int64_t j = 0; j < C; ++j) {
+      const acc_t dj = a[j], e = b[j], inv = one / (one + e), e_inv = e * inv;
+      const bool nonneg = dj >= zero;
+      const acc_t sig_neg = nonneg ? e_inv : inv;                // sigmoid(r_j - r_i)
+      const acc_t log_sig = (nonneg ? zero : dj) - c[j];         // log sigmoid(r_i - r_j)
+      const bool ng = nm[j] != zero;
+      a[j] = ng ? -log_sig : zero;
+      b[j] = ng ? sig_neg : zero;
+      g[j] = b[j] * inv_ns;
+    }
+    g[pos] = static_cast<acc_t>(-row_sum(b, C)) * inv_ns;
+    loss_out = static_cast<acc_t>(row_sum(a, C)) * inv_ns;
     return true;
   }
-  // Softmax over the negatives: s_j = exp(r_j - m) / Z.
-  acc_t m = ninf;
-  for (int64_t j = 0; j < C; ++j)
-    if (neg[j]) m = lm::max_of(m, r[j]);
-  acc_t* e = s.a;
-  sum_t Z = 0;
-  for (int64_t j = 0; j < C; ++j) {
-    e[j] = neg[j] ? std::exp(r[j] - m) : acc_t(0);
-    Z += e[j];
+  if (p.loss == lm::kTop1 || p.loss == lm::kTop1Max) {
+    // Per column: g_j = sigmoid(r_j - r_i) + sigmoid(r_j^2), its derivative in r_j, and
+    // sigmoid'(r_j - r_i) (the derivative in r_i, negated).
+    for (int64_t j = 0; j < C; ++j) {
+      const acc_t dj = r[j] - ri;
+      b[j] = dj < zero ? dj : -dj;  // -|r_j - r_i|
+      c[j] = -r[j] * r[j];          // -|r_j^2|
+    }
+    exp_array(b, b, C);
+    exp_array(c, c, C);
+    for (int64_t j = 0; j < C; ++j) {
+      const acc_t dj = r[j] - ri, ed = b[j], es = c[j];
+      const acc_t inv_d = one / (one + ed), inv_s = one / (one + es);
+      const acc_t sd = dj >= zero ? inv_d : ed * inv_d, gd = ed * inv_d * inv_d;
+      const acc_t gs = es * inv_s * inv_s;  // sigmoid(r_j^2) = inv_s
+      f6[j] = sd + inv_s;                   // g_j
+      e5[j] = gd + acc_t(2) * r[j] * gs;    // d g_j / d r_j
+      d[j] = gd;                            // sigmoid'(r_j - r_i)
+    }
+    if (p.loss == lm::kTop1) {
+      // (1/N_s) sum_j g_j.
+      for (int64_t j = 0; j < C; ++j) {
+        const bool ng = nm[j] != zero;
+        a[j] = ng ? f6[j] : zero;
+        b[j] = ng ? d[j] : zero;
+        g[j] = ng ? e5[j] * inv_ns : zero;
+      }
+      g[pos] = static_cast<acc_t>(-row_sum(b, C)) * inv_ns;
+      loss_out = static_cast<acc_t>(row_sum(a, C)) * inv_ns;
+      return true;
+    }
   }
+  // Softmax over the negatives: s_j = e_j / Z, e_j = exp(r_j - m) (in a).
+  for (int64_t j = 0; j < C; ++j) a[j] = nm[j] != zero ? r[j] : lowest;
+  const acc_t m = row_max(a, C);
+  for (int64_t j = 0; j < C; ++j) a[j] = r[j] - m;
+  exp_array(a, a, C);
+  for (int64_t j = 0; j < C; ++j) a[j] = nm[j] != zero ? a[j] : zero;
+  const double Z = row_sum(a, C);
   const acc_t invZ = static_cast<acc_t>(1.0 / Z);
   if (p.loss == lm::kTop1Max) {
-    // L = sum_j s_j g_j, g_j = sigmoid(r_j - r_i) + sigmoid(r_j^2);
-    // dL/dr_k = s_k (g_k - L + sigmoid'(r_k - r_i) + 2 r_k sigmoid'(r_k^2)), dL/dr_i = -sum s_j sigmoid'(r_j - r_i).
-    acc_t* gt = s.b;
-    acc_t* ht = s.c;
-    sum_t G = 0, D = 0;
+    // L = sum_j s_j g_j; dL/dr_k = s_k (g_k - L + g_k'), dL/dr_i = -sum_j s_j sigmoid'(r_j - r_i).
     for (int64_t j = 0; j < C; ++j) {
-      if (!neg[j]) {
-        gt[j] = ht[j] = 0;
-        continue;
-      }
-      acc_t sd, gd, ss, gs;
-      lm::sigmoid_and_grad(r[j] - ri, sd, gd);
-      lm::sigmoid_and_grad(r[j] * r[j], ss, gs);
-      gt[j] = sd + ss;
-      ht[j] = gd + acc_t(2) * r[j] * gs;
-      G += e[j] * gt[j];
-      D += e[j] * gd;
+      b[j] = a[j] * f6[j];  // e_j g_j
+      c[j] = a[j] * d[j];   // e_j sigmoid'(r_j - r_i)
     }
-    const acc_t Gn = static_cast<acc_t>(G / Z);
-    for (int64_t j = 0; j < C; ++j) g[j] = e[j] * invZ * (gt[j] - Gn + ht[j]);
-    g[pos] = static_cast<acc_t>(-D / Z);
-    loss_out = Gn;
+    const acc_t G = static_cast<acc_t>(row_sum(b, C) / Z);
+    for (int64_t j = 0; j < C; ++j) g[j] = a[j] * invZ * (f6[j] - G + e5[j]);
+    g[pos] = static_cast<acc_t>(-row_sum(c, C) / Z);
+    loss_out = G;
     return true;
   }
   // BPR-max: A = -log(sum_j s_j sigmoid(r_i - r_j) + 1e-24) in log form: with
   // v_j = r_j + log sigmoid(r_i - r_j), log sum_j s_j sigmoid(.) = lse(v) - lse_neg(r).
   // dA/dr_k = -rho (w_k sigmoid(r_i - r_k) - s_k), dA/dr_i = -rho sum_j w_j sigmoid(r_j - r_i),
-  // w = softmax(v), rho = P / (P + 1e-24). Regulariser bpreg sum_j s_j r_j^2 =: bpreg R,
-  // dR/dr_k = s_k (2 r_k + r_k^2 - R).
-  acc_t* v = s.b;
-  acc_t* sp = s.c;  // sigmoid(r_i - r_j)
-  acc_t* sn = s.d;  // sigmoid(r_j - r_i)
-  acc_t mv = ninf;
-  sum_t Q = 0;
+  // w = softmax(v) over the negatives, rho = P / (P + 1e-24). Regulariser bpreg R,
+  // R = sum_j s_j r_j^2, dR/dr_k = s_k (2 r_k + r_k^2 - R).
   for (int64_t j = 0; j < C; ++j) {
-    if (!neg[j]) {
-      v[j] = sp[j] = sn[j] = 0;
-      continue;
-    }
-    acc_t log_sig;
-    lm::sigmoid_and_log(ri - r[j], sp[j], sn[j], log_sig);
-    v[j] = r[j] + log_sig;
-    Q += e[j] * r[j] * r[j];
-    mv = lm::max_of(mv, v[j]);
+    const acc_t dj = ri - r[j];
+    c[j] = dj;
+    b[j] = dj < zero ? dj : -dj;  // -|d|
   }
-  sum_t sv = 0, tv = 0;
+  exp_array(b, b, C);         // e = exp(-|d|)
+  log1p_unit_array(b, d, C);  // log(1 + e)
   for (int64_t j = 0; j < C; ++j) {
-    const acc_t w = neg[j] ? std::exp(v[j] - mv) : acc_t(0);
-    v[j] = w;
-    sv += w;
-    tv += w * sn[j];
+    const acc_t dj = c[j], e = b[j], inv = one / (one + e), e_inv = e * inv;
+    const bool nonneg = dj >= zero;
+    const acc_t sig = nonneg ? inv : e_inv, sig_neg = nonneg ? e_inv : inv;
+    const acc_t v = r[j] + (nonneg ? zero : dj) - d[j];
+    c[j] = sig;                         // sigmoid(r_i - r_j)
+    d[j] = sig_neg;                     // sigmoid(r_j - r_i)
+    b[j] = nm[j] != zero ? v : lowest;  // v_j
+    e5[j] = a[j] * r[j] * r[j];         // e_j r_j^2
   }
+  const acc_t mv = row_max(b, C);
+  const double Q = row_sum(e5, C);
+  for (int64_t j = 0; j < C; ++j) b[j] = nm[j] != zero ? b[j] - mv : acc_t(-100);
+  exp_array(b, b, C);
+  for (int64_t j = 0; j < C; ++j) {
+    b[j] = nm[j] != zero ? b[j] : zero;  // w_j unnormalised
+    f6[j] = b[j] * d[j];
+  }
+  const double sv = row_sum(b, C), tv = row_sum(f6, C);
   const acc_t lse = static_cast<acc_t>(mv + std::log(sv) - (m + std::log(Z)));
   const acc_t leps = lm::log_bprmax_eps<acc_t>();
   const acc_t rho = lm::sigmoid(lse - leps);
   const acc_t R = static_cast<acc_t>(Q / Z);
   const acc_t inv_sv = static_cast<acc_t>(1.0 / sv);
+  const acc_t bpreg = p.bpreg;
   for (int64_t j = 0; j < C; ++j) {
-    const acc_t sk = e[j] * invZ;
-    g[j] = -rho * (v[j] * inv_sv * sp[j] - sk) + p.bpreg * sk * (acc_t(2) * r[j] + r[j] * r[j] - R);
+    const acc_t sk = a[j] * invZ;
+    g[j] = -rho * (b[j] * inv_sv * c[j] - sk) + bpreg * sk * (acc_t(2) * r[j] + r[j] * r[j] - R);
   }
   g[pos] = -rho * static_cast<acc_t>(tv / sv);
-  loss_out = -lm::log_add_exp(lse, leps) + p.bpreg * R;
+  loss_out = -lm::log_add_exp(lse, leps) + bpreg * R;
   return true;
 }
 
@@ -175,8 +290,7 @@ void row_pass_cpu(scalar_t* S, const int64_t* cand, const scalar_t* log_q, const
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(C, 1));
   at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
     RowScratch<acc_t> s(C);
-    std::vector<acc_t> r(C), g(C), shift(log_q ? C : 0);
-    std::vector<uint8_t> neg(C);
+    std::vector<acc_t> r(C), g(C), nm(C), shift(log_q ? C : 0);
     if (log_q)
       for (int64_t j = 0; j < C; ++j) shift[j] = p.logq * acc_t(log_q[j]);
     for (int64_t b = begin; b < end; ++b) {
@@ -188,22 +302,31 @@ void row_pass_cpu(scalar_t* S, const int64_t* cand, const scalar_t* log_q, const
       }
       const int64_t target = cand[b];
       int64_t ns = 0;
+      if (p.activation == lm::kLinear) {
+        std::copy(row, row + C, r.data());
+      } else {
+        for (int64_t j = 0; j < C; ++j) r[j] = lm::activate(acc_t(row[j]), p.activation, p.elu_alpha);
+      }
       for (int64_t j = 0; j < C; ++j) {
-        r[j] = lm::activate(acc_t(row[j]), p.activation, p.elu_alpha);
         const bool is_neg = j != b && !(p.mask_hits && cand[j] == target);
-        neg[j] = is_neg;
+        nm[j] = is_neg ? acc_t(1) : acc_t(0);
         ns += is_neg;
       }
       acc_t loss = 0;
-      if (!row_loss_grad<acc_t>(r.data(), neg.data(), C, b, acc_t(ns),
-                                log_q ? shift.data() : nullptr, p, s, g.data(), loss)) {
+      if (!row_loss_grad<acc_t>(r.data(), nm.data(), C, b, ns, log_q ? shift.data() : nullptr, p,
+                                s, g.data(), loss)) {
         std::fill(row, row + C, scalar_t(0));
         row_loss[b] = 0;
         continue;
       }
-      for (int64_t j = 0; j < C; ++j)
-        row[j] = g[j] * lm::activate_grad(acc_t(row[j]), r[j], p.activation, p.elu_alpha) * p.scale;
-      row_loss[b] = loss * p.scale;
+      const acc_t scale = p.scale;
+      if (p.activation == lm::kLinear) {
+        for (int64_t j = 0; j < C; ++j) row[j] = g[j] * scale;
+      } else {
+        for (int64_t j = 0; j < C; ++j)
+          row[j] = g[j] * lm::activate_grad(acc_t(row[j]), r[j], p.activation, p.elu_alpha) * scale;
+      }
+      row_loss[b] = loss * scale;
     }
   });
 }
