@@ -270,6 +270,16 @@ def test_error_valid_shape_and_op_checks():
         torch.ops.gru4rec.sampled_loss_forward(h, w, b, t, None, None, 7, 0, 1.0, 0.0, 0.0, False)
 
 
-def test_kernel_registered_or_fallback_logged():
-    assert ext.has_kernel("sampled_loss_forward", "CPU")
-    assert ext.has_kernel("sampled_loss_backward", "CPU")
+def test_fallback_to_reference_is_logged_once(monkeypatch, caplog):
+    """Without a kernel for the device the reference runs, and the fallback is logged once."""
+    monkeypatch.setattr(ext, "has_kernel", lambda op, key: False)
+    monkeypatch.setattr(ext, "_warned", set())
+    inputs = make_inputs(5, 7, 4, 12, device="cpu")
+    args = [inputs[k] for k in ("hidden", "weight", "bias", "targets", "samples")]
+    with caplog.at_level("WARNING", logger="gru4rec_ext"):
+        out1 = sampled_ranking_loss(*args, loss="top1")
+        out2 = sampled_ranking_loss(*args, loss="top1")
+    assert len(caplog.records) == 1
+    assert "sampled_loss_forward runs the pure-PyTorch reference" in caplog.records[0].getMessage()
+    ref = sampled_ranking_loss_reference(*args, loss="top1")
+    assert torch.equal(out1, ref) and torch.equal(out2, ref)
