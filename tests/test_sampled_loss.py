@@ -156,6 +156,18 @@ def test_stable_for_huge_scores(device, loss, activation):
         assert torch.isfinite(g).all()
 
 
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("loss", LOSSES)
+def test_nan_score_propagates(device, loss, activation):
+    """A NaN score of a negative column makes the loss NaN (never silently dropped)."""
+    inputs = make_inputs(6, 9, 4, 40, device=device)
+    inputs["samples"][-1] = 39
+    inputs["weight"][39] = float("nan")
+    args = [inputs[k] for k in ("hidden", "weight", "bias", "targets", "samples")]
+    out = sampled_ranking_loss(*args, loss=loss, activation=activation)
+    assert torch.isnan(out)
+
+
 def test_opcheck(device):
     inputs = make_inputs(6, 10, 4, 20, device=device, seed=6)
     cands = torch.cat((inputs["targets"], inputs["samples"]))

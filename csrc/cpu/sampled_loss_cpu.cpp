@@ -29,9 +29,10 @@ namespace lm = loss_math;
 #if defined(__SSE2__)
 // exp of 4 floats: x = n ln2 + f, |f| <= ln2/2 (Cody-Waite split of ln2), a degree-7 Taylor
 // polynomial for exp(f) (truncation error < 1e-8), 2^n from the exponent bits; 0 below -87.
+// NaN stays NaN (min/max return their second operand when one is NaN).
 inline __m128 exp_ps(__m128 x) {
   const __m128 lo = _mm_set1_ps(-87.0f);
-  const __m128 xc = _mm_min_ps(_mm_max_ps(x, lo), _mm_set1_ps(88.0f));
+  const __m128 xc = _mm_min_ps(_mm_set1_ps(88.0f), _mm_max_ps(lo, x));
   const __m128i ni = _mm_cvtps_epi32(_mm_mul_ps(xc, _mm_set1_ps(1.44269504088896341f)));
   const __m128 n = _mm_cvtepi32_ps(ni);  // round to nearest
   const __m128 f = _mm_add_ps(_mm_sub_ps(xc, _mm_mul_ps(n, _mm_set1_ps(0.693359375f))),
@@ -40,7 +41,7 @@ inline __m128 exp_ps(__m128 x) {
   const float coef[] = {1.0f / 720.0f, 1.0f / 120.0f, 1.0f / 24.0f, 1.0f / 6.0f, 0.5f, 1.0f, 1.0f};
   for (float c : coef) q = _mm_add_ps(_mm_mul_ps(q, f), _mm_set1_ps(c));
   const __m128 two_n = _mm_castsi128_ps(_mm_slli_epi32(_mm_add_epi32(ni, _mm_set1_epi32(127)), 23));
-  return _mm_and_ps(_mm_mul_ps(q, two_n), _mm_cmpge_ps(x, lo));
+  return _mm_and_ps(_mm_mul_ps(q, two_n), _mm_cmpnlt_ps(x, lo));
 }
 
 // log(1 + e) of 4 floats in [0, 1]: log1p(y) = 2 atanh(y / (2 + y)) as an odd series in
@@ -80,7 +81,7 @@ inline __m128 activate_ps(__m128 x, int64_t activation, float alpha) {
     const __m128 t = _mm_div_ps(_mm_xor_ps(m, sign), _mm_add_ps(_mm_set1_ps(2.0f), m));
     return _mm_or_ps(t, _mm_and_ps(x, sign));
   }
-  const __m128 neg = _mm_min_ps(x, _mm_setzero_ps());
+  const __m128 neg = _mm_min_ps(_mm_setzero_ps(), x);  // NaN stays NaN
   const __m128 e = _mm_mul_ps(_mm_set1_ps(alpha), expm1_neg_ps(neg));
   const __m128 pos = _mm_cmpgt_ps(x, _mm_setzero_ps());
   return _mm_or_ps(_mm_and_ps(pos, x), _mm_andnot_ps(pos, e));

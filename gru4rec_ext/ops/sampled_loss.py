@@ -174,12 +174,17 @@ def _backward(ctx, grad_loss, _grad_workspace):
     grad_hidden, grad_w_rows, grad_b_rows = torch.ops.gru4rec.sampled_loss_backward.default(
         grad_loss, hidden, weight, bias, candidates, log_q, valid, *ctx.opts, workspace)
     need = ctx.needs_input_grad
-    grad_weight = grad_bias = None
-    if need[1]:
-        grad_weight = grad_w_rows.new_zeros(ctx.weight_shape).index_add_(0, candidates, grad_w_rows)
-    if need[2]:
-        grad_bias = grad_b_rows.new_zeros(ctx.bias_shape).index_add_(0, candidates, grad_b_rows)
+    grad_weight = _dense_from_rows(grad_w_rows, candidates, ctx.weight_shape) if need[1] else None
+    grad_bias = _dense_from_rows(grad_b_rows, candidates, ctx.bias_shape) if need[2] else None
     return (grad_hidden if need[0] else None, grad_weight, grad_bias) + (None,) * 9
+
+
+def _dense_from_rows(rows, candidates, shape):
+    """Dense gradient of a table from its row gradients (duplicate candidates summed)."""
+    dense = rows.new_zeros(shape)
+    if rows.device.type == "cpu":  # a TensorIterator kernel; CPU index_add_ loops over the rows
+        return dense.index_put_((candidates,), rows, accumulate=True)
+    return dense.index_add_(0, candidates, rows)  # atomics on CUDA
 
 
 def _register():
