@@ -1,1 +1,2 @@
-"""The differentiable gru4rec ops: compiled kernels with autograd and fake-tensor registrations."""
+"""Differentiable gru4rec_ext operators backed by the compiled kernels (`torch.ops.gru4rec.*`),
+each falling back to its pure-PyTorch reference where no kernel exists for the device."""
