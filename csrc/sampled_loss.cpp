@@ -76,8 +76,13 @@ SampledLossDims check_sampled_loss_args(const at::Tensor& hidden, const at::Tens
   // Id range: checked here on the CPU only. On CUDA it would cost a host sync per step; there the
   // gather's own device-side bounds check catches a bad id.
   if (check_ids && device.is_cpu() && C > 0) {
-    auto [lo, hi] = at::aminmax(candidates);
-    const int64_t lo_v = lo.item<int64_t>(), hi_v = hi.item<int64_t>();
+    const at::Tensor ids_t = candidates.contiguous();
+    const int64_t* ids = ids_t.data_ptr<int64_t>();
+    int64_t lo_v = ids[0], hi_v = ids[0];
+    for (int64_t j = 1; j < C; ++j) {
+      lo_v = ids[j] < lo_v ? ids[j] : lo_v;
+      hi_v = ids[j] > hi_v ? ids[j] : hi_v;
+    }
     TORCH_CHECK(lo_v >= 0, "sampled_loss: candidates (targets, samples) hold a negative item id ",
                 lo_v);
     TORCH_CHECK(hi_v < N, "sampled_loss: candidates (targets, samples) hold item id ", hi_v,

@@ -126,7 +126,7 @@ def test_reference_fallback_pair(device, monkeypatch):
     args = [inputs[k] for k in ("hidden", "weight", "bias", "targets", "samples")]
     state = sampled_loss_forward(*args, **opts)
     fused = sampled_loss_backward(state)
-    monkeypatch.setattr(sl._extension, "use_kernel", lambda op, dev: False)
+    monkeypatch.setattr(sl, "_kernel_ok", {device.type: False})
     ref_state = sampled_loss_forward(*args, **opts)
     ref = sampled_loss_backward(ref_state)
     assert rel_err(state.loss, ref_state.loss) < 1e-6
@@ -286,6 +286,7 @@ def test_fallback_to_reference_is_logged_once(monkeypatch, caplog):
     """Without a kernel for the device the reference runs, and the fallback is logged once."""
     monkeypatch.setattr(ext, "has_kernel", lambda op, key: False)
     monkeypatch.setattr(ext, "_warned", set())
+    monkeypatch.setattr(sl, "_kernel_ok", {})
     inputs = make_inputs(5, 7, 4, 12, device="cpu")
     args = [inputs[k] for k in ("hidden", "weight", "bias", "targets", "samples")]
     with caplog.at_level("WARNING", logger="gru4rec_ext"):

@@ -25,6 +25,14 @@ __all__ = ["sampled_ranking_loss", "sampled_loss_forward", "sampled_loss_backwar
            "SampledLossState"]
 
 _OP = "sampled_loss_forward"
+_kernel_ok: dict = {}  # device type -> whether the compiled kernel runs there (asked once)
+
+
+def _use_kernel(device: torch.device) -> bool:
+    ok = _kernel_ok.get(device.type)
+    if ok is None:
+        ok = _kernel_ok[device.type] = _extension.use_kernel(_OP, device)
+    return ok
 
 
 def _codes(loss, activation, elu_alpha, logq, log_q):
@@ -55,7 +63,7 @@ def sampled_ranking_loss(hidden, weight, bias, targets, samples, *, loss="cross-
     is not a negative of row b. Differentiable w.r.t. hidden, weight and bias.
     """
     code, act, alpha = _codes(loss, activation, elu_alpha, logq, log_q)
-    if not _extension.use_kernel(_OP, hidden.device):
+    if not _use_kernel(hidden.device):
         return sampled_ranking_loss_reference(
             hidden, weight, bias, targets, samples, loss=loss, activation=activation,
             elu_alpha=elu_alpha, bpreg=bpreg, logq=logq, log_q=log_q, valid=valid,
@@ -102,7 +110,7 @@ def sampled_loss_forward(hidden, weight, bias, targets, samples, *, loss="cross-
     code, act, alpha = _codes(loss, activation, elu_alpha, logq, log_q)
     candidates = _candidates(targets, samples)
     opts = (code, act, alpha, float(bpreg), float(logq), bool(mask_accidental_hits))
-    if _extension.use_kernel(_OP, hidden.device):
+    if _use_kernel(hidden.device):
         out, workspace = torch.ops.gru4rec.sampled_loss_forward.default(
             hidden, weight, bias, candidates, log_q, valid, *opts)
         return SampledLossState(out, candidates, (hidden, weight, bias, candidates, log_q, valid)
