@@ -3,8 +3,8 @@
 Two entry points:
 
 * `sampled_ranking_loss(...)` -> 0-dim loss, differentiable w.r.t. hidden, weight and bias
-  (torch.library autograd registration; the weight and bias gradients are dense, built with
-  index_add from the row gradients).
+  (torch.library autograd registration; the weight and bias gradients are dense, summed from
+  the row gradients: index_put accumulate on the CPU, index_add on CUDA).
 * the row-sparse pair of the trainer, with no autograd involved:
   `state = sampled_loss_forward(...)`, `state.loss`, then
   `grad_hidden, candidates, grad_weight_rows, grad_bias_rows = sampled_loss_backward(state)`;
