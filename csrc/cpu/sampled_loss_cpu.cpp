@@ -1,0 +1,430 @@
+// CPU kernels of gru4rec::sampled_loss_forward/backward: the score GEMM and the backward GEMMs go
+// through ATen (BLAS); the fused per-row pass (activation, loss terms, reductions, dL/dscore) is
+// here, parallel over rows with at::parallel_for, float and double.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+#include "loss_math.h"
+
+namespace gru4rec {
+namespace {
+
+namespace lm = loss_math;
+
+// ---- Exp and log1p over arrays. For float these are SSE2 code (4 lanes): libm's expf / log1pf
+// are scalar calls, and GCC does not vectorise the selects around them under -ftrapping-math.
+// double (and tails, and other CPUs) use libm.
+
+#if defined(__SSE2__)
+// exp of 4 floats: x = n ln2 + f, |f| <= ln2/2 (Cody-Waite split of ln2), a degree-7 Taylor
+// polynomial for exp(f) (truncation error < 1e-8), 2^n from the exponent bits; 0 below -87.
+// NaN stays NaN (min/max return their second operand when one is NaN).
+inline __m128 exp_ps(__m128 x) {
+  const __m128 lo = _mm_set1_ps(-87.0f);
+  const __m128 xc = _mm_min_ps(_mm_set1_ps(88.0f), _mm_max_ps(lo, x));
+  const __m128i ni = _mm_cvtps_epi32(_mm_mul_ps(xc, _mm_set1_ps(1.44269504088896341f)));
+  const __m128 n = _mm_cvtepi32_ps(ni);  // round to nearest
+  const __m128 f = _mm_add_ps(_mm_sub_ps(xc, _mm_mul_ps(n, _mm_set1_ps(0.693359375f))),
+                              _mm_mul_ps(n, _mm_set1_ps(2.12194440e-4f)));
+  __m128 q = _mm_set1_ps(1.0f / 5040.0f);
+  const float coef[] = {1.0f / 720.0f, 1.0f / 120.0f, 1.0f / 24.0f, 1.0f / 6.0f, 0.5f, 1.0f, 1.0f};
+  for (float c : coef) q = _mm_add_ps(_mm_mul_ps(q, f), _mm_set1_ps(c));
+  const __m128 two_n = _mm_castsi128_ps(_mm_slli_epi32(_mm_add_epi32(ni, _mm_set1_epi32(127)), 23));
+  return _mm_and_ps(_mm_mul_ps(q, two_n), _mm_cmpnlt_ps(x, lo));
+}
+
+// log(1 + e) of 4 floats in [0, 1]: log1p(y) = 2 atanh(y / (2 + y)) as an odd series in
+// t = y / (2 + y), |t| <= 0.172 (error < 1e-9); above sqrt(2) - 1, 1 + e = 2 (1 + (e - 1) / 2).
+inline __m128 log1p_unit_ps(__m128 e) {
+  const __m128 hi = _mm_cmpgt_ps(e, _mm_set1_ps(0.41421356f));
+  const __m128 y_hi = _mm_mul_ps(_mm_sub_ps(e, _mm_set1_ps(1.0f)), _mm_set1_ps(0.5f));
+  const __m128 y = _mm_or_ps(_mm_and_ps(hi, y_hi), _mm_andnot_ps(hi, e));
+  const __m128 t = _mm_div_ps(y, _mm_add_ps(_mm_set1_ps(2.0f), y));
+  const __m128 t2 = _mm_mul_ps(t, t);
+  __m128 q = _mm_set1_ps(1.0f / 9.0f);
+  const float coef[] = {1.0f / 7.0f, 1.0f / 5.0f, 1.0f / 3.0f, 1.0f};
+  for (float c : coef) q = _mm_add_ps(_mm_mul_ps(q, t2), _mm_set1_ps(c));
+  const __m128 series = _mm_mul_ps(_mm_mul_ps(_mm_set1_ps(2.0f), t), q);
+  return _mm_add_ps(_mm_and_ps(hi, _mm_set1_ps(0.69314718055994531f)), series);
+}
+
+// expm1(y) of 4 floats y <= 0: a degree-9 Taylor polynomial above -0.5 (error < 3e-10, no
+// cancellation), exp(y) - 1 below (|result| > 0.39 there).
+inline __m128 expm1_neg_ps(__m128 y) {
+  __m128 q = _mm_set1_ps(1.0f / 362880.0f);
+  const float coef[] = {1.0f / 40320.0f, 1.0f / 5040.0f, 1.0f / 720.0f, 1.0f / 120.0f,
+                        1.0f / 24.0f,    1.0f / 6.0f,    0.5f,          1.0f};
+  for (float c : coef) q = _mm_add_ps(_mm_mul_ps(q, y), _mm_set1_ps(c));
+  const __m128 small = _mm_mul_ps(q, y);
+  const __m128 big = _mm_sub_ps(exp_ps(y), _mm_set1_ps(1.0f));
+  const __m128 is_small = _mm_cmpgt_ps(y, _mm_set1_ps(-0.5f));
+  return _mm_or_ps(_mm_and_ps(is_small, small), _mm_andnot_ps(is_small, big));
+}
+
+// The final activation of 4 floats: tanh(x) = sign(x) * -m / (2 + m) with m = expm1(-2|x|);
+// elu(x) = x > 0 ? x : alpha expm1(x).
+inline __m128 activate_ps(__m128 x, int64_t activation, float alpha) {
+  const __m128 sign = _mm_set1_ps(-0.0f);
+  if (activation == lm::kTanh) {
+    const __m128 m = expm1_neg_ps(_mm_mul_ps(_mm_set1_ps(-2.0f), _mm_andnot_ps(sign, x)));
+    const __m128 t = _mm_div_ps(_mm_xor_ps(m, sign), _mm_add_ps(_mm_set1_ps(2.0f), m));
+    return _mm_or_ps(t, _mm_and_ps(x, sign));
+  }
+  const __m128 neg = _mm_min_ps(_mm_setzero_ps(), x);  // NaN stays NaN
+  const __m128 e = _mm_mul_ps(_mm_set1_ps(alpha), expm1_neg_ps(neg));
+  const __m128 pos = _mm_cmpgt_ps(x, _mm_setzero_ps());
+  return _mm_or_ps(_mm_and_ps(pos, x), _mm_andnot_ps(pos, e));
+}
+#endif
+
+// r[j] = act(x[j]), j < n, for the tanh and elu codes (linear is a copy).
+inline void activate_array(const float* x, float* r, int64_t n, int64_t activation, float alpha) {
+  int64_t j = 0;
+#if defined(__SSE2__)
+  for (; j + 4 <= n; j += 4) _mm_storeu_ps(r + j, activate_ps(_mm_loadu_ps(x + j), activation, alpha));
+#endif
+  for (; j < n; ++j) r[j] = lm::activate(x[j], activation, alpha);
+}
+inline void activate_array(const double* x, double* r, int64_t n, int64_t activation,
+                           double alpha) {
+  for (int64_t j = 0; j < n; ++j) r[j] = lm::activate(x[j], activation, alpha);
+}
+
+// out[j] = exp(in[j]), j < n (in == out allowed).
+inline void exp_array(const float* in, float* out, int64_t n) {
+  int64_t j = 0;
+#if defined(__SSE2__)
+  for (; j + 4 <= n; j += 4) _mm_storeu_ps(out + j, exp_ps(_mm_loadu_ps(in + j)));
+#endif
+  for (; j < n; ++j) out[j] = std::exp(in[j]);
+}
+inline void exp_array(const double* in, double* out, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) out[j] = std::exp(in[j]);
+}
+
+// out[j] = log(1 + in[j]) for in[j] in [0, 1], j < n (in == out allowed).
+inline void log1p_unit_array(const float* in, float* out, int64_t n) {
+  int64_t j = 0;
+#if defined(__SSE2__)
+  for (; j + 4 <= n; j += 4) _mm_storeu_ps(out + j, log1p_unit_ps(_mm_loadu_ps(in + j)));
+#endif
+  for (; j < n; ++j) out[j] = std::log1p(in[j]);
+}
+inline void log1p_unit_array(const double* in, double* out, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) out[j] = std::log1p(in[j]);
+}
+
+// Sum of x[0..n) in double over float partial sums of 256 (vectorised, and accurate: sequential
+// float sums over thousands of columns lose digits).
+template <typename acc_t>
+double row_sum(const acc_t* x, int64_t n) {
+  double total = 0;
+  for (int64_t j0 = 0; j0 < n; j0 += 256) {
+    const int64_t j1 = std::min(n, j0 + 256);
+    acc_t part = 0;
+#pragma omp simd reduction(+ : part)
+    for (int64_t j = j0; j < j1; ++j) part += x[j];
+    total += part;
+  }
+  return total;
+}
+
+// Max of x[0..n) (vectorised).
+template <typename acc_t>
+acc_t row_max(const acc_t* x, int64_t n) {
+  acc_t m = std::numeric_limits<acc_t>::lowest();
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 0; j < n; ++j) {
+    const acc_t v = x[j];
+    m = v > m ? v : m;
+  }
+  return m;
+}
+
+// Per-thread scratch of a row: six per-column terms of the loss, [C] each.
+template <typename acc_t>
+struct RowScratch {
+  explicit RowScratch(int64_t C) : buf(6 * C), a(buf.data()), b(a + C), c(b + C), d(c + C),
+                                   e(d + C), f(e + C) {}
+  std::vector<acc_t> buf;
+  acc_t *a, *b, *c, *d, *e, *f;
+};
+
+// One row's loss (unscaled) and dL/dr_j (unscaled) written to g[0..C), for the loss codes.
+// r: [C] activated scores; nm: [C] 1 for the row's negatives, else 0; pos: the row index (its
+// positive column); ns: number of negatives; shift: [C] logq * log q_j or null.
+// Returns false when the row has no negatives and the loss needs them (the row then counts 0).
+// The exps and logs run over whole arrays (exp_array, log1p_unit_array); the loops around them
+// are plain arithmetic; sums go through row_sum. Off the negatives every term is selected to 0.
+template <typename acc_t>
+bool row_loss_grad(const acc_t* __restrict__ r, const acc_t* __restrict__ nm, int64_t C,
+                   int64_t pos, int64_t ns, const acc_t* __restrict__ shift,
+                   const lm::LossParams<acc_t>& p, RowScratch<acc_t>& s, acc_t* __restrict__ g,
+                   acc_t& loss_out) {
+  const acc_t ri = r[pos];
+  const acc_t lowest = std::numeric_limits<acc_t>::lowest();
+  const acc_t zero = acc_t(0), one = acc_t(1);
+  acc_t* __restrict__ a = s.a;
+  acc_t* __restrict__ b = s.b;
+  acc_t* __restrict__ c = s.c;
+  acc_t* __restrict__ d = s.d;
+  acc_t* __restrict__ e5 = s.e;
+  acc_t* __restrict__ f6 = s.f;
+  if (p.loss == lm::kCrossEntropy) {
+    // z_j = r_j - logq log q_j over the positive and the negatives; L = lse(z) - z_i.
+    for (int64_t j = 0; j < C; ++j) a[j] = shift ? r[j] - shift[j] : r[j];  // z
+    const acc_t zi = a[pos];
+    for (int64_t j = 0; j < C; ++j) b[j] = nm[j] != zero ? a[j] : lowest;
+    b[pos] = zi;
+    const acc_t m = row_max(b, C);
+    for (int64_t j = 0; j < C; ++j) g[j] = a[j] - m;
+    exp_array(g, g, C);
+    const acc_t e_pos = g[pos];
+    for (int64_t j = 0; j < C; ++j) g[j] = nm[j] != zero ? g[j] : zero;
+    g[pos] = e_pos;
+    const double Z = row_sum(g, C);
+    const acc_t inv = static_cast<acc_t>(1.0 / Z);
+    for (int64_t j = 0; j < C; ++j) g[j] *= inv;
+    g[pos] -= one;
+    loss_out = static_cast<acc_t>(m + std::log(Z) - zi);
+    return true;
+  }
+  if (ns <= 0) return false;
+  const acc_t inv_ns = one / static_cast<acc_t>(ns);
+  if (p.loss == lm::kBPR) {
+    // -(1/N_s) sum_j log sigmoid(r_i - r_j); dL/dr_j = sigmoid(r_j - r_i) / N_s.
+    for (int64_t j = 0; j < C; ++j) {
+      const acc_t dj = ri - r[j];
+      a[j] = dj;
+      b[j] = dj < zero ? dj : -dj;  // -|d|
+    }
+    exp_array(b, b, C);              // e = exp(-|d|)
+    log1p_unit_array(b, c, C);       // log(1 + e)
+    for (int64_t j = 0; j < C; ++j) {
+      const acc_t dj = a[j], e = b[j], inv = one / (one + e), e_inv = e * inv;
+      const bool nonneg = dj >= zero;
+      const acc_t sig_neg = nonneg ? e_inv : inv;                // sigmoid(r_j - r_i)
+      const acc_t log_sig = (nonneg ? zero : dj) - c[j];         // log sigmoid(r_i - r_j)
+      const bool ng = nm[j] != zero;
+      a[j] = ng ? -log_sig : zero;
+      b[j] = ng ? sig_neg : zero;
+      g[j] = b[j] * inv_ns;
+    }
+    g[pos] = static_cast<acc_t>(-row_sum(b, C)) * inv_ns;
+    loss_out = static_cast<acc_t>(row_sum(a, C)) * inv_ns;
+    return true;
+  }
+  if (p.loss == lm::kTop1 || p.loss == lm::kTop1Max) {
+    // Per column: g_j = sigmoid(r_j - r_i) + sigmoid(r_j^2), its derivative in r_j, and
+    // sigmoid'(r_j - r_i) (the derivative in r_i, negated).
+    for (int64_t j = 0; j < C; ++j) {
+      const acc_t dj = r[j] - ri;
+      b[j] = dj < zero ? dj : -dj;  // -|r_j - r_i|
+      c[j] = -r[j] * r[j];          // -|r_j^2|
+    }
+    exp_array(b, b, C);
+    exp_array(c, c, C);
+    for (int64_t j = 0; j < C; ++j) {
+      const acc_t dj = r[j] - ri, ed = b[j], es = c[j];
+      const acc_t inv_d = one / (one + ed), inv_s = one / (one + es);
+      const acc_t sd = dj >= zero ? inv_d : ed * inv_d, gd = ed * inv_d * inv_d;
+      const acc_t gs = es * inv_s * inv_s;  // sigmoid(r_j^2) = inv_s
+      f6[j] = sd + inv_s;                   // g_j
+      e5[j] = gd + acc_t(2) * r[j] * gs;    // d g_j / d r_j
+      d[j] = gd;                            // sigmoid'(r_j - r_i)
+    }
+    if (p.loss == lm::kTop1) {
+      // (1/N_s) sum_j g_j.
+      for (int64_t j = 0; j < C; ++j) {
+        const bool ng = nm[j] != zero;
+        a[j] = ng ? f6[j] : zero;
+        b[j] = ng ? d[j] : zero;
+        g[j] = ng ? e5[j] * inv_ns : zero;
+      }
+      g[pos] = static_cast<acc_t>(-row_sum(b, C)) * inv_ns;
+      loss_out = static_cast<acc_t>(row_sum(a, C)) * inv_ns;
+      return true;
+    }
+  }
+  // Softmax over the negatives: s_j = e_j / Z, e_j = exp(r_j - m) (in a).
+  for (int64_t j = 0; j < C; ++j) a[j] = nm[j] != zero ? r[j] : lowest;
+  const acc_t m = row_max(a, C);
+  for (int64_t j = 0; j < C; ++j) a[j] = r[j] - m;
+  exp_array(a, a, C);
+  for (int64_t j = 0; j < C; ++j) a[j] = nm[j] != zero ? a[j] : zero;
+  const double Z = row_sum(a, C);
+  const acc_t invZ = static_cast<acc_t>(1.0 / Z);
+  if (p.loss == lm::kTop1Max) {
+    // L = sum_j s_j g_j; dL/dr_k = s_k (g_k - L + g_k'), dL/dr_i = -sum_j s_j sigmoid'(r_j - r_i).
+    for (int64_t j = 0; j < C; ++j) {
+      b[j] = a[j] * f6[j];  // e_j g_j
+      c[j] = a[j] * d[j];   // e_j sigmoid'(r_j - r_i)
+    }
+    const acc_t G = static_cast<acc_t>(row_sum(b, C) / Z);
+    for (int64_t j = 0; j < C; ++j) g[j] = a[j] * invZ * (f6[j] - G + e5[j]);
+    g[pos] = static_cast<acc_t>(-row_sum(c, C) / Z);
+    loss_out = G;
+    return true;
+  }
+  // BPR-max: A = -log(sum_j s_j sigmoid(r_i - r_j) + 1e-24) in log form: with
+  // v_j = r_j + log sigmoid(r_i - r_j), log sum_j s_j sigmoid(.) = lse(v) - lse_neg(r).
+  // dA/dr_k = -rho (w_k sigmoid(r_i - r_k) - s_k), dA/dr_i = -rho sum_j w_j sigmoid(r_j - r_i),
+  // w = softmax(v) over the negatives, rho = P / (P + 1e-24). Regulariser bpreg R,
+  // R = sum_j s_j r_j^2, dR/dr_k = s_k (2 r_k + r_k^2 - R).
+  for (int64_t j = 0; j < C; ++j) {
+    const acc_t dj = ri - r[j];
+    c[j] = dj;
+    b[j] = dj < zero ? dj : -dj;  // -|d|
+  }
+  exp_array(b, b, C);         // e = exp(-|d|)
+  log1p_unit_array(b, d, C);  // log(1 + e)
+  for (int64_t j = 0; j < C; ++j) {
+    const acc_t dj = c[j], e = b[j], inv = one / (one + e), e_inv = e * inv;
+    const bool nonneg = dj >= zero;
+    const acc_t sig = nonneg ? inv : e_inv, sig_neg = nonneg ? e_inv : inv;
+    const acc_t v = r[j] + (nonneg ? zero : dj) - d[j];
+    c[j] = sig;                         // sigmoid(r_i - r_j)
+    d[j] = sig_neg;                     // sigmoid(r_j - r_i)
+    b[j] = nm[j] != zero ? v : lowest;  // v_j
+    e5[j] = a[j] * r[j] * r[j];         // e_j r_j^2
+  }
+  const acc_t mv = row_max(b, C);
+  const double Q = row_sum(e5, C);
+  for (int64_t j = 0; j < C; ++j) b[j] = nm[j] != zero ? b[j] - mv : acc_t(-100);
+  exp_array(b, b, C);
+  for (int64_t j = 0; j < C; ++j) {
+    b[j] = nm[j] != zero ? b[j] : zero;  // w_j unnormalised
+    f6[j] = b[j] * d[j];
+  }
+  const double sv = row_sum(b, C), tv = row_sum(f6, C);
+  const acc_t lse = static_cast<acc_t>(mv + std::log(sv) - (m + std::log(Z)));
+  const acc_t leps = lm::log_bprmax_eps<acc_t>();
+  const acc_t rho = lm::sigmoid(lse - leps);
+  const acc_t R = static_cast<acc_t>(Q / Z);
+  const acc_t inv_sv = static_cast<acc_t>(1.0 / sv);
+  const acc_t bpreg = p.bpreg;
+  for (int64_t j = 0; j < C; ++j) {
+    const acc_t sk = a[j] * invZ;
+    g[j] = -rho * (b[j] * inv_sv * c[j] - sk) + bpreg * sk * (acc_t(2) * r[j] + r[j] * r[j] - R);
+  }
+  g[pos] = -rho * static_cast<acc_t>(tv / sv);
+  loss_out = -lm::log_add_exp(lse, leps) + bpreg * R;
+  return true;
+}
+
+// The fused row pass: S [B,C] raw scores in, dL/dS (scaled by 1/B) out in place;
+// cand [C] int64, log_q [C] or null, valid [B] or null, row_loss [B] (scaled).
+template <typename scalar_t>
+void row_pass_cpu(scalar_t* S, const int64_t* cand, const scalar_t* log_q, const bool* valid,
+                  int64_t B, int64_t C, const lm::LossParams<scalar_t>& p, scalar_t* row_loss) {
+  using acc_t = scalar_t;
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(C, 1));
+  at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
+    RowScratch<acc_t> s(C);
+    std::vector<acc_t> r(C), g(C), nm(C), shift(log_q ? C : 0);
+    if (log_q)
+      for (int64_t j = 0; j < C; ++j) shift[j] = p.logq * acc_t(log_q[j]);
+    for (int64_t b = begin; b < end; ++b) {
+      scalar_t* row = S + b * C;
+      if (valid && !valid[b]) {
+        std::fill(row, row + C, scalar_t(0));
+        row_loss[b] = 0;
+        continue;
+      }
+      const int64_t target = cand[b];
+      int64_t ns = 0;
+      if (p.activation == lm::kLinear) {
+        std::copy(row, row + C, r.data());
+      } else {
+        activate_array(row, r.data(), C, p.activation, p.elu_alpha);
+      }
+      for (int64_t j = 0; j < C; ++j) {
+        const bool is_neg = j != b && !(p.mask_hits && cand[j] == target);
+        nm[j] = is_neg ? acc_t(1) : acc_t(0);
+        ns += is_neg;
+      }
+      acc_t loss = 0;
+      if (!row_loss_grad<acc_t>(r.data(), nm.data(), C, b, ns, log_q ? shift.data() : nullptr, p,
+                                s, g.data(), loss)) {
+        std::fill(row, row + C, scalar_t(0));
+        row_loss[b] = 0;
+        continue;
+      }
+      // dL/dS = dL/dr act'(S): tanh' = 1 - r^2, elu' = 1 above 0, else alpha exp(x) = r + alpha.
+      const acc_t scale = p.scale, alpha = p.elu_alpha;
+      if (p.activation == lm::kLinear) {
+        for (int64_t j = 0; j < C; ++j) row[j] = g[j] * scale;
+      } else if (p.activation == lm::kTanh) {
+        for (int64_t j = 0; j < C; ++j) row[j] = g[j] * (acc_t(1) - r[j] * r[j]) * scale;
+      } else {
+        for (int64_t j = 0; j < C; ++j) {
+          const acc_t above = static_cast<acc_t>(row[j] > acc_t(0));  // branch-free select
+          row[j] = g[j] * (above + (acc_t(1) - above) * (r[j] + alpha)) * scale;
+        }
+      }
+      row_loss[b] = loss * scale;
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> sampled_loss_forward_cpu(
+    const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& bias,
+    const at::Tensor& candidates, const std::optional<at::Tensor>& log_q,
+    const std::optional<at::Tensor>& valid, int64_t loss, int64_t activation, double elu_alpha,
+    double bpreg, double logq, bool mask_hits) {
+  const SampledLossDims d = check_sampled_loss_args(hidden, weight, bias, candidates, log_q, valid,
+                                                    loss, activation, logq, /*check_ids=*/true);
+  TORCH_CHECK(hidden.scalar_type() == at::kFloat || hidden.scalar_type() == at::kDouble,
+              "sampled_loss (CPU): hidden must be float32 or float64, got ", hidden.scalar_type());
+  const at::Tensor h = hidden.contiguous();
+  at::Tensor workspace = sampled_loss_scores(h, weight, bias, candidates, d);
+  at::Tensor scores = workspace_grad_scores(workspace, d);
+  const at::Tensor cand = candidates.contiguous();
+  const bool use_logq = loss == loss_math::kCrossEntropy && logq > 0;
+  const at::Tensor lq = use_logq ? log_q->contiguous() : at::Tensor();
+  const at::Tensor vd = (valid.has_value() && valid->defined()) ? valid->contiguous() : at::Tensor();
+  at::Tensor row_loss = at::empty({d.B}, hidden.options());
+  AT_DISPATCH_FLOATING_TYPES(hidden.scalar_type(), "sampled_loss_forward_cpu", [&] {
+    const lm::LossParams<scalar_t> p{loss,
+                                     activation,
+                                     scalar_t(elu_alpha),
+                                     scalar_t(bpreg),
+                                     scalar_t(logq),
+                                     mask_hits,
+                                     scalar_t(1.0 / static_cast<double>(d.B))};
+    row_pass_cpu<scalar_t>(scores.data_ptr<scalar_t>(), cand.data_ptr<int64_t>(),
+                           use_logq ? lq.data_ptr<scalar_t>() : nullptr,
+                           vd.defined() ? vd.data_ptr<bool>() : nullptr, d.B, d.C, p,
+                           row_loss.data_ptr<scalar_t>());
+  });
+  return {row_loss.sum(), workspace};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sampled_loss_backward_cpu(
+    const at::Tensor& grad_loss, const at::Tensor& hidden, const at::Tensor& weight,
+    const at::Tensor& bias, const at::Tensor& candidates, const std::optional<at::Tensor>& log_q,
+    const std::optional<at::Tensor>& valid, int64_t loss, int64_t activation, double elu_alpha,
+    double bpreg, double logq, bool mask_hits, const at::Tensor& workspace) {
+  return sampled_loss_backward_common(grad_loss, hidden, weight, bias, candidates, log_q, valid,
+                                      loss, activation, elu_alpha, bpreg, logq, mask_hits,
+                                      workspace);
+}
+
+}  // namespace
+}  // namespace gru4rec
+
+TORCH_LIBRARY_IMPL(gru4rec, CPU, m) {
+  m.impl("sampled_loss_forward", &gru4rec::sampled_loss_forward_cpu);
+  m.impl("sampled_loss_backward", &gru4rec::sampled_loss_backward_cpu);
+}
