@@ -18,12 +18,12 @@
 
 namespace gru4rec {
 
-// exp(x) for float, Cephes-style polynomial with range reduction; branch-free so loops vectorise.
-inline float host_expf(float x) {
-  x = x > 88.0f ? 88.0f : x;
-  x = x < -87.0f ? -87.0f : x;
+// exp(x) for float x <= 0 (callers pass -|.|): Cephes-style polynomial after range reduction,
+// branch-free (selects only) so that loops calling it vectorise; a few ulp of error.
+inline float host_exp_nonpos(float x) {
+  x = x < -87.0f ? -87.0f : x;  // exp(-87) ~ 1.6e-38, still a normal float
   const float fx = x * 1.44269504088896341f;
-  const int32_t n = static_cast<int32_t>(fx + (fx >= 0.0f ? 0.5f : -0.5f));
+  const int32_t n = static_cast<int32_t>(fx - 0.5f);  // fx <= 0: truncation rounds to nearest
   const float fn = static_cast<float>(n);
   float r = x - fn * 0.693359375f;
   r = r + fn * 2.12194440e-4f;
@@ -41,10 +41,18 @@ inline float host_expf(float x) {
   return p * scale;
 }
 
+// sigmoid(x) for float from e = exp(-|x|): 1 / (1 + e) for x >= 0, e / (1 + e) below.
+inline float host_sigmoidf(float x) {
+  const float ax = x < 0.0f ? -x : x;
+  const float e = host_exp_nonpos(-ax);
+  const float s = 1.0f / (1.0f + e);
+  return x < 0.0f ? e * s : s;
+}
+
 // tanh(x) for float: odd polynomial near 0 (no cancellation), (1-e)/(1+e) with e = exp(-2|x|) else.
 inline float host_tanhf(float x) {
   const float ax = x < 0.0f ? -x : x;
-  const float e = host_expf(-2.0f * ax);
+  const float e = host_exp_nonpos(-2.0f * ax);
   const float big = (1.0f - e) / (1.0f + e);
   const float z = ax * ax;
   float p = -5.70498872745e-3f;
@@ -61,7 +69,7 @@ GRU4REC_HOST_DEVICE inline float sigmoid(float x) {
 #ifdef __CUDA_ARCH__
   return 1.0f / (1.0f + expf(-x));
 #else
-  return 1.0f / (1.0f + host_expf(-x));
+  return host_sigmoidf(x);
 #endif
 }
 

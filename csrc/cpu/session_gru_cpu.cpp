@@ -5,6 +5,12 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <vector>
+
+// Our code below may speculate float ops (GCC's default -ftrapping-math forbids it), which lets the
+// gate loops with their branch-free selects vectorise. FP exceptions are not trapped in torch.
+#pragma GCC optimize("no-trapping-math")
+
 #include "gru_math.h"
 #include "session_gru.h"
 
@@ -13,6 +19,11 @@ namespace {
 
 // Rows per parallel chunk: below about 16k elements per call the work stays on one thread.
 int64_t row_grain(int64_t H) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, H)); }
+
+// Zeros that reset rows read in place of their previous state and recurrent product: a pointer
+// switch per row keeps the inner loops free of branches, so they vectorise.
+template <typename scalar_t>
+std::vector<scalar_t> zero_row(int64_t H) { return std::vector<scalar_t>(3 * H, scalar_t(0)); }
 
 template <typename scalar_t>
 const scalar_t* cp(const void* p) { return static_cast<const scalar_t*>(p); }
@@ -35,23 +46,24 @@ inline const scalar_t* gi_row(const FwdStep& s, int64_t b, int64_t& stride) {
 template <typename scalar_t, bool kIds>
 void forward_cudnn_kernel(const FwdStep& s) {
   const int64_t H = s.H;
+  const std::vector<scalar_t> zeros = zero_row<scalar_t>(H);
   const scalar_t* bi = cp<scalar_t>(s.b_ih);
   const scalar_t* bh = cp<scalar_t>(s.b_hh);
   at::parallel_for(0, s.B, row_grain(H), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       int64_t st;
       const scalar_t* gi = gi_row<scalar_t, kIds>(s, b, st);
-      const scalar_t* gh = cp<scalar_t>(s.gh) + b * 3 * H;
-      const scalar_t* hprev = cp<scalar_t>(s.hprev) + b * H;
+      const bool keep = !s.reset[b];
+      const scalar_t* gh = keep ? cp<scalar_t>(s.gh) + b * 3 * H : zeros.data();
+      const scalar_t* hprev = keep ? cp<scalar_t>(s.hprev) + b * H : zeros.data();
       scalar_t* out = mp<scalar_t>(s.out) + b * H;
       scalar_t* ws = mp<scalar_t>(s.ws) + b * 4 * H;
-      const bool keep = !s.reset[b];
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
-        const scalar_t hp = keep ? hprev[j] : scalar_t(0);
-        const scalar_t gr = keep ? gh[j] : scalar_t(0);
-        const scalar_t gz = keep ? gh[H + j] : scalar_t(0);
-        const scalar_t gn = keep ? gh[2 * H + j] : scalar_t(0);
+        const scalar_t hp = hprev[j];
+        const scalar_t gr = gh[j];
+        const scalar_t gz = gh[H + j];
+        const scalar_t gn = gh[2 * H + j];
         const scalar_t a_r = gi[j * st] + bi[j] + gr + bh[j];
         const scalar_t a_z = gi[(H + j) * st] + bi[H + j] + gz + bh[H + j];
         const scalar_t a_n = gi[(2 * H + j) * st] + bi[2 * H + j];
@@ -73,21 +85,22 @@ void forward_cudnn_kernel(const FwdStep& s) {
 template <typename scalar_t, bool kIds>
 void forward_gru4rec_gates_kernel(const FwdStep& s) {
   const int64_t H = s.H;
+  const std::vector<scalar_t> zeros = zero_row<scalar_t>(H);
   const scalar_t* bi = cp<scalar_t>(s.b_ih);
   const scalar_t* bh = cp<scalar_t>(s.b_hh);
   at::parallel_for(0, s.B, row_grain(H), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       int64_t st;
       const scalar_t* gi = gi_row<scalar_t, kIds>(s, b, st);
-      const scalar_t* gh = cp<scalar_t>(s.gh) + b * 2 * H;
-      const scalar_t* hprev = cp<scalar_t>(s.hprev) + b * H;
-      scalar_t* ws = mp<scalar_t>(s.ws) + b * 4 * H;
       const bool keep = !s.reset[b];
+      const scalar_t* gh = keep ? cp<scalar_t>(s.gh) + b * 2 * H : zeros.data();
+      const scalar_t* hprev = keep ? cp<scalar_t>(s.hprev) + b * H : zeros.data();
+      scalar_t* ws = mp<scalar_t>(s.ws) + b * 4 * H;
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
-        const scalar_t hp = keep ? hprev[j] : scalar_t(0);
-        const scalar_t gr = keep ? gh[j] : scalar_t(0);
-        const scalar_t gz = keep ? gh[H + j] : scalar_t(0);
+        const scalar_t hp = hprev[j];
+        const scalar_t gr = gh[j];
+        const scalar_t gz = gh[H + j];
         const scalar_t a_r = gi[j * st] + bi[j] + gr + bh[j];
         const scalar_t a_z = gi[(H + j) * st] + bi[H + j] + gz + bh[H + j];
         scalar_t r, z, rh;
@@ -104,20 +117,20 @@ void forward_gru4rec_gates_kernel(const FwdStep& s) {
 template <typename scalar_t, bool kIds>
 void forward_gru4rec_cand_kernel(const FwdStep& s) {
   const int64_t H = s.H;
+  const std::vector<scalar_t> zeros = zero_row<scalar_t>(H);
   const scalar_t* bi = cp<scalar_t>(s.b_ih);
   const scalar_t* bh = cp<scalar_t>(s.b_hh);
   at::parallel_for(0, s.B, row_grain(H), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       int64_t st;
       const scalar_t* gi = gi_row<scalar_t, kIds>(s, b, st);
-      const scalar_t* gh = cp<scalar_t>(s.gh) + b * H;
-      const scalar_t* hprev = cp<scalar_t>(s.hprev) + b * H;
+      const scalar_t* gh = cp<scalar_t>(s.gh) + b * H;  // (r*h) is already 0 for reset rows
+      const scalar_t* hprev = !s.reset[b] ? cp<scalar_t>(s.hprev) + b * H : zeros.data();
       scalar_t* out = mp<scalar_t>(s.out) + b * H;
       scalar_t* ws = mp<scalar_t>(s.ws) + b * 4 * H;
-      const bool keep = !s.reset[b];
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
-        const scalar_t hp = keep ? hprev[j] : scalar_t(0);
+        const scalar_t hp = hprev[j];
         const scalar_t a_c = gi[(2 * H + j) * st] + bi[2 * H + j] + gh[j] + bh[2 * H + j];
         scalar_t c, h;
         gru4rec_candidate(a_c, ws[H + j], hp, c, h);
@@ -133,22 +146,19 @@ void forward_gru4rec_cand_kernel(const FwdStep& s) {
 template <typename scalar_t>
 struct GradIn {
   const scalar_t* go;
-  const scalar_t* extra;  // grad_h_n row or carry row
-  bool use_extra;
-  inline scalar_t operator()(int64_t j) const { return use_extra ? go[j] + extra[j] : go[j]; }
+  const scalar_t* extra;  // grad_h_n row, carry row, or zeros
+  inline scalar_t operator()(int64_t j) const { return go[j] + extra[j]; }
 };
 
 template <typename scalar_t>
-GradIn<scalar_t> grad_in(const BwdStep& s, int64_t b) {
+GradIn<scalar_t> grad_in(const BwdStep& s, int64_t b, const scalar_t* zeros) {
   const int64_t H = s.H;
   GradIn<scalar_t> g;
   g.go = cp<scalar_t>(s.grad_out) + b * H;
   if (s.reset_next == nullptr) {
-    g.extra = s.grad_h_n != nullptr ? cp<scalar_t>(s.grad_h_n) + b * H : g.go;
-    g.use_extra = s.grad_h_n != nullptr;
+    g.extra = s.grad_h_n != nullptr ? cp<scalar_t>(s.grad_h_n) + b * H : zeros;
   } else {
-    g.extra = cp<scalar_t>(s.carry) + b * H;
-    g.use_extra = !s.reset_next[b];
+    g.extra = !s.reset_next[b] ? cp<scalar_t>(s.carry) + b * H : zeros;
   }
   return g;
 }
@@ -157,20 +167,20 @@ GradIn<scalar_t> grad_in(const BwdStep& s, int64_t b) {
 template <typename scalar_t>
 void backward_cudnn_kernel(const BwdStep& s) {
   const int64_t H = s.H;
+  const std::vector<scalar_t> zeros = zero_row<scalar_t>(H);
   at::parallel_for(0, s.B, row_grain(H), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
-      const GradIn<scalar_t> gin = grad_in<scalar_t>(s, b);
+      const GradIn<scalar_t> gin = grad_in<scalar_t>(s, b, zeros.data());
       const scalar_t* ws = cp<scalar_t>(s.ws) + b * 4 * H;
-      const scalar_t* hprev = cp<scalar_t>(s.hprev) + b * H;
+      const scalar_t* hprev = !s.reset[b] ? cp<scalar_t>(s.hprev) + b * H : zeros.data();
       scalar_t* carry = mp<scalar_t>(s.carry) + b * H;
       scalar_t* dgi = mp<scalar_t>(s.dgi) + b * 3 * H;
       scalar_t* dgh = mp<scalar_t>(s.dgh) + b * 3 * H;
       scalar_t* hpo = mp<scalar_t>(s.hp) + b * H;
-      const bool keep = !s.reset[b];
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
         const scalar_t dh = gin(j);
-        const scalar_t hp = keep ? hprev[j] : scalar_t(0);
+        const scalar_t hp = hprev[j];
         scalar_t da_r, da_z, da_n, dhn, dh_direct;
         cudnn_backward(dh, ws[j], ws[H + j], ws[2 * H + j], ws[3 * H + j], hp, da_r, da_z, da_n,
                        dhn, dh_direct);
@@ -191,19 +201,19 @@ void backward_cudnn_kernel(const BwdStep& s) {
 template <typename scalar_t>
 void backward_gru4rec_cand_kernel(const BwdStep& s) {
   const int64_t H = s.H;
+  const std::vector<scalar_t> zeros = zero_row<scalar_t>(H);
   at::parallel_for(0, s.B, row_grain(H), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
-      const GradIn<scalar_t> gin = grad_in<scalar_t>(s, b);
+      const GradIn<scalar_t> gin = grad_in<scalar_t>(s, b, zeros.data());
       const scalar_t* ws = cp<scalar_t>(s.ws) + b * 4 * H;
-      const scalar_t* hprev = cp<scalar_t>(s.hprev) + b * H;
+      const scalar_t* hprev = !s.reset[b] ? cp<scalar_t>(s.hprev) + b * H : zeros.data();
       scalar_t* carry = mp<scalar_t>(s.carry) + b * H;
       scalar_t* dg = mp<scalar_t>(s.dgi) + b * 3 * H;
       scalar_t* hpo = mp<scalar_t>(s.hp) + b * H;
-      const bool keep = !s.reset[b];
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
         const scalar_t dh = gin(j);
-        const scalar_t hp = keep ? hprev[j] : scalar_t(0);
+        const scalar_t hp = hprev[j];
         scalar_t da_z, da_c, dh_direct;
         gru4rec_backward_cand(dh, ws[H + j], ws[2 * H + j], hp, da_z, da_c, dh_direct);
         dg[H + j] = da_z;

@@ -19,9 +19,17 @@ _FORWARD = "gru4rec::session_gru_forward"
 _BACKWARD = "gru4rec::session_gru_backward"
 
 
+_kernel_cache: dict[str, bool] = {}
+
+
 @torch.compiler.assume_constant_result
 def _kernel_for(device_type: str) -> bool:
-    return _extension.use_kernel("session_gru_forward", torch.device(device_type))
+    """Whether the compiled op runs on this device type (asked once per type, then cached)."""
+    use = _kernel_cache.get(device_type)
+    if use is None:
+        use = _kernel_cache[device_type] = _extension.use_kernel(
+            "session_gru_forward", torch.device(device_type))
+    return use
 
 
 def session_gru(input, reset, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None,
@@ -43,7 +51,7 @@ def session_gru(input, reset, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=No
             raise TypeError(f"session_gru: {name} must be a tensor, got {type(t).__name__}")
     reset = as_reset_mask(reset)
     if _kernel_for(weight_hh.device.type):
-        output, h_n, _ = torch.ops.gru4rec.session_gru_forward(
+        output, h_n, _ = torch.ops.gru4rec.session_gru_forward.default(
             input, reset, h0, weight_ih, weight_hh, bias_ih, bias_hh, code)
         return output, h_n
     return session_gru_reference(input, reset, h0, weight_ih, weight_hh, bias_ih, bias_hh, code)
@@ -123,7 +131,7 @@ def _register() -> None:
             grad_output = torch.zeros_like(out)
         if grad_h_n is None:
             grad_h_n = torch.zeros_like(h0)
-        g_in, g_h0, g_wih, g_whh, g_bih, g_bhh = torch.ops.gru4rec.session_gru_backward(
+        g_in, g_h0, g_wih, g_whh, g_bih, g_bhh = torch.ops.gru4rec.session_gru_backward.default(
             grad_output, grad_h_n, input, reset, h0, weight_ih, weight_hh, bias_ih, bias_hh, out,
             workspace, ctx.variant)
         return (g_in if input.dtype != torch.long else None, None, g_h0, g_wih, g_whh,
