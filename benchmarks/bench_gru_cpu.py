@@ -3,7 +3,9 @@
 One step = T=1 forward + backward through autograd (dense input, E = H, resets at random rows),
 at the sizes of the published presets (B=32/H=100 and B=80/H=224). Both implementations are
 timed side by side in one run, rotating a few input sets, with torch.utils.benchmark's
-blocked_autorange; the table gives median microseconds per step and the speed-up.
+blocked_autorange; the table gives median microseconds per step, the speed-up, and the time of
+the six matrix products of a step alone (the floor both share: at these sizes the step is mostly
+BLAS time, which caps the possible speed-up).
 
     PYTHONPATH=. python benchmarks/bench_gru_cpu.py [--threads 1] [--variants cudnn gru4rec]
 """
@@ -35,6 +37,19 @@ def input_sets(B, H, count=4, T=1, seed=0):
     return sets
 
 
+def make_gemm_floor(sets):
+    """The six products of a T=1 step that both implementations must do (x W_ih^T, h W_hh^T;
+    dX, dh, dW_ih, dW_hh), alone: a lower bound for either."""
+    cycle = itertools.cycle([[t.detach() for t in s] for s in sets])
+
+    def gemms():
+        x, _, h0, w_ih, w_hh = next(cycle)[:5]
+        x = x[0]
+        gi, gh = x @ w_ih.t(), h0 @ w_hh.t()
+        gi @ w_ih, gh @ w_hh, gi.t() @ x, gh.t() @ h0
+    return gemms
+
+
 def make_step(fn, sets, variant):
     cycle = itertools.cycle(sets)
 
@@ -58,14 +73,16 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, T=1 forward+backward")
-    print(f"{'variant':8s} {'B':>4s} {'H':>4s} {'ours us':>9s} {'ref us':>9s} {'speed-up':>9s}")
+    print(f"{'variant':8s} {'B':>4s} {'H':>4s} {'ours us':>9s} {'ref us':>9s} {'speed-up':>9s} "
+          f"{'6 GEMMs us':>11s}")
     for variant in args.variants:
         for B, H in SIZES:
             sets = input_sets(B, H)
-            rounds = {"ours": [], "ref": []}
-            for _ in range(args.repeat):  # alternate, so that machine noise hits both alike
-                for name, fn in (("ours", session_gru), ("ref", session_gru_reference)):
-                    step = make_step(fn, sets, variant)
+            rounds = {"ours": [], "ref": [], "gemm": []}
+            for _ in range(args.repeat):  # alternate, so that machine noise hits all alike
+                for name, fn in (("ours", session_gru), ("ref", session_gru_reference),
+                                 ("gemm", None)):
+                    step = make_step(fn, sets, variant) if fn else make_gemm_floor(sets)
                     for _ in range(20):  # warm-up
                         step()
                     timer = benchmark.Timer(stmt="step()", globals={"step": step},
@@ -74,7 +91,7 @@ def main():
                     rounds[name].append(m.median * 1e6)
             times = {k: sorted(v)[len(v) // 2] for k, v in rounds.items()}
             print(f"{variant:8s} {B:4d} {H:4d} {times['ours']:9.1f} {times['ref']:9.1f} "
-                  f"{times['ref'] / times['ours']:8.2f}x")
+                  f"{times['ref'] / times['ours']:8.2f}x {times['gemm']:11.1f}")
 
 
 if __name__ == "__main__":
