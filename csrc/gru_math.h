@@ -18,9 +18,9 @@
 
 namespace gru4rec {
 
-// exp(x) for float x <= 0 (callers pass -|.|): Cephes-style polynomial after range reduction,
-// branch-free (selects only) so that loops calling it vectorise; a few ulp of error.
-inline float host_exp_nonpos(float x) {
+// For float x <= 0 (callers pass -|.|): x = n ln2 + r, scale = 2^n and em1_r = e^r - 1 by a
+// Cephes-style polynomial. Branch-free (selects only) so that loops calling it vectorise.
+inline void host_exp_parts(float x, float& scale, float& em1_r) {
   x = x < -87.0f ? -87.0f : x;  // exp(-87) ~ 1.6e-38, still a normal float
   const float fx = x * 1.44269504088896341f;
   const int32_t n = static_cast<int32_t>(fx - 0.5f);  // fx <= 0: truncation rounds to nearest
@@ -34,11 +34,23 @@ inline float host_exp_nonpos(float x) {
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
-  p = p * r2 + r + 1.0f;
+  em1_r = p * r2 + r;
   const uint32_t bits = static_cast<uint32_t>(n + 127) << 23;
-  float scale;
   std::memcpy(&scale, &bits, sizeof(float));
-  return p * scale;
+}
+
+// exp(x) for float x <= 0, a few ulp of relative error.
+inline float host_exp_nonpos(float x) {
+  float scale, em1_r;
+  host_exp_parts(x, scale, em1_r);
+  return scale * (em1_r + 1.0f);
+}
+
+// exp(x) - 1 for float x <= 0 as 2^n (e^r - 1) + (2^n - 1): full relative accuracy near 0 too.
+inline float host_expm1_nonpos(float x) {
+  float scale, em1_r;
+  host_exp_parts(x, scale, em1_r);
+  return scale * em1_r + (scale - 1.0f);
 }
 
 // sigmoid(x) for float from e = exp(-|x|): 1 / (1 + e) for x >= 0, e / (1 + e) below.
@@ -49,19 +61,11 @@ inline float host_sigmoidf(float x) {
   return x < 0.0f ? e * s : s;
 }
 
-// tanh(x) for float: odd polynomial near 0 (no cancellation), (1-e)/(1+e) with e = exp(-2|x|) else.
+// tanh(x) for float: with m = exp(-2|x|) - 1, tanh(|x|) = -m / (2 + m), accurate near 0 too.
 inline float host_tanhf(float x) {
   const float ax = x < 0.0f ? -x : x;
-  const float e = host_exp_nonpos(-2.0f * ax);
-  const float big = (1.0f - e) / (1.0f + e);
-  const float z = ax * ax;
-  float p = -5.70498872745e-3f;
-  p = p * z + 2.06390887954e-2f;
-  p = p * z - 5.37397155531e-2f;
-  p = p * z + 1.33314422036e-1f;
-  p = p * z - 3.33332819422e-1f;
-  const float small = p * z * ax + ax;
-  const float y = ax < 0.625f ? small : big;
+  const float m = host_expm1_nonpos(-2.0f * ax);
+  const float y = -m / (2.0f + m);
   return x < 0.0f ? -y : y;
 }
 

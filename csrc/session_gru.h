@@ -5,7 +5,7 @@
 // A backend is a struct `K` with static functions taking the step structs below:
 //   K::forward_cudnn(FwdStep), K::forward_gru4rec_gates(FwdStep), K::forward_gru4rec_cand(FwdStep),
 //   K::backward_cudnn(BwdStep), K::backward_gru4rec_cand(BwdStep), K::backward_gru4rec_gates(BwdStep),
-//   K::zero_reset_rows(Tensor x [B,H], Tensor reset [B]), K::check_ids(Tensor ids, int64_t N),
+//   K::zero_reset_rows(Tensor x [B,H], const bool* reset [B]), K::check_ids(Tensor ids, int64_t N),
 //   K::id_weight_grad(Tensor dgi [T*B,3H], Tensor ids [T*B], int64_t N) -> Tensor [3H,N].
 #pragma once
 
@@ -178,9 +178,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> session_gru_backward_
   const auto opts = w_hh.options();
   const bool cudnn = variant == kCudnn;
   if (d.ids) K::check_ids(input, d.N);
-  Tensor dgi = at::empty({T, B, 3 * H}, opts);
-  Tensor dgh = cudnn ? at::empty({T, B, 3 * H}, opts) : dgi;
-  Tensor hp = at::empty({T, B, H}, opts);
+  Tensor dgi = at::empty({T * B, 3 * H}, opts);  // all steps' gradients, row t*B + b
+  Tensor dgh = cudnn ? at::empty({T * B, 3 * H}, opts) : dgi;
+  Tensor hp = at::empty({T * B, H}, opts);
   Tensor carry = at::empty({B, H}, opts);  // becomes grad_h0
   Tensor drh = cudnn ? Tensor() : at::empty({B, H}, opts);
   const Tensor w_rz = w_hh.narrow(0, 0, 2 * H), w_c = w_hh.narrow(0, 2 * H, H);
@@ -204,7 +204,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> session_gru_backward_
     s.dgi = static_cast<char*>(dgi.mutable_data_ptr()) + off(B * 3 * H);
     s.dgh = static_cast<char*>(dgh.mutable_data_ptr()) + off(B * 3 * H);
     s.hp = static_cast<char*>(hp.mutable_data_ptr()) + off(B * H);
-    const Tensor dgh_t = T == 1 ? dgh.view({B, 3 * H}) : dgh.select(0, t);
+    const Tensor dgh_t = T == 1 ? dgh : dgh.narrow(0, t * B, B);
     if (cudnn) {
       K::backward_cudnn(s);
       carry.addmm_(dgh_t, w_hh);
@@ -215,9 +215,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> session_gru_backward_
       carry.addmm_(dgh_t.narrow(1, 0, 2 * H), w_rz);
     }
   }
-  K::zero_reset_rows(carry, T == 1 ? reset.view({B}) : reset.select(0, 0));
-  const Tensor dgi2 = dgi.view({T * B, 3 * H}), dgh2 = dgh.view({T * B, 3 * H});
-  const Tensor hp2 = hp.view({T * B, H});
+  K::zero_reset_rows(carry, reset_p);  // the first step's reset rows get no gradient
+  const Tensor& dgi2 = dgi;
+  const Tensor& dgh2 = dgh;
+  const Tensor& hp2 = hp;
   Tensor grad_w_hh;
   if (cudnn) {
     grad_w_hh = at::mm(dgh2.t(), hp2);

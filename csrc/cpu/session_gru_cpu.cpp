@@ -20,6 +20,41 @@ namespace {
 // Rows per parallel chunk: below about 16k elements per call the work stays on one thread.
 int64_t row_grain(int64_t H) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, H)); }
 
+// The row loops are compiled twice: for the baseline ISA and, on x86-64, for AVX2+FMA, picked at
+// run time (rows() is always inlined into both callers, so its loops vectorise for each ISA).
+#if defined(__x86_64__) && defined(__GNUC__)
+#define GRU4REC_ROWS_INLINE __attribute__((always_inline))
+template <class F>
+__attribute__((target("avx2,fma"))) void rows_avx2(const F& rows, int64_t b0, int64_t b1) {
+  rows(b0, b1);
+}
+bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+#else
+#define GRU4REC_ROWS_INLINE
+template <class F>
+void rows_avx2(const F& rows, int64_t b0, int64_t b1) { rows(b0, b1); }
+bool cpu_has_avx2() { return false; }
+#endif
+
+template <class F>
+void rows_baseline(const F& rows, int64_t b0, int64_t b1) { rows(b0, b1); }
+
+// Runs rows(b0, b1) over [0, B) in parallel chunks.
+template <class F>
+void parallel_rows(int64_t B, int64_t H, const F& rows) {
+  const bool avx2 = cpu_has_avx2();
+  at::parallel_for(0, B, row_grain(H), [&](int64_t b0, int64_t b1) {
+    if (avx2) {
+      rows_avx2(rows, b0, b1);
+    } else {
+      rows_baseline(rows, b0, b1);
+    }
+  });
+}
+
 // Zeros that reset rows read in place of their previous state and recurrent product: a pointer
 // switch per row keeps the inner loops free of branches, so they vectorise.
 template <typename scalar_t>
@@ -49,7 +84,7 @@ void forward_cudnn_kernel(const FwdStep& s) {
   const std::vector<scalar_t> zeros = zero_row<scalar_t>(H);
   const scalar_t* bi = cp<scalar_t>(s.b_ih);
   const scalar_t* bh = cp<scalar_t>(s.b_hh);
-  at::parallel_for(0, s.B, row_grain(H), [&](int64_t b0, int64_t b1) {
+  parallel_rows(s.B, H, [&](int64_t b0, int64_t b1) GRU4REC_ROWS_INLINE {
     for (int64_t b = b0; b < b1; ++b) {
       int64_t st;
       const scalar_t* gi = gi_row<scalar_t, kIds>(s, b, st);
@@ -88,7 +123,7 @@ void forward_gru4rec_gates_kernel(const FwdStep& s) {
   const std::vector<scalar_t> zeros = zero_row<scalar_t>(H);
   const scalar_t* bi = cp<scalar_t>(s.b_ih);
   const scalar_t* bh = cp<scalar_t>(s.b_hh);
-  at::parallel_for(0, s.B, row_grain(H), [&](int64_t b0, int64_t b1) {
+  parallel_rows(s.B, H, [&](int64_t b0, int64_t b1) GRU4REC_ROWS_INLINE {
     for (int64_t b = b0; b < b1; ++b) {
       int64_t st;
       const scalar_t* gi = gi_row<scalar_t, kIds>(s, b, st);
@@ -120,7 +155,7 @@ void forward_gru4rec_cand_kernel(const FwdStep& s) {
   const std::vector<scalar_t> zeros = zero_row<scalar_t>(H);
   const scalar_t* bi = cp<scalar_t>(s.b_ih);
   const scalar_t* bh = cp<scalar_t>(s.b_hh);
-  at::parallel_for(0, s.B, row_grain(H), [&](int64_t b0, int64_t b1) {
+  parallel_rows(s.B, H, [&](int64_t b0, int64_t b1) GRU4REC_ROWS_INLINE {
     for (int64_t b = b0; b < b1; ++b) {
       int64_t st;
       const scalar_t* gi = gi_row<scalar_t, kIds>(s, b, st);
@@ -168,7 +203,7 @@ template <typename scalar_t>
 void backward_cudnn_kernel(const BwdStep& s) {
   const int64_t H = s.H;
   const std::vector<scalar_t> zeros = zero_row<scalar_t>(H);
-  at::parallel_for(0, s.B, row_grain(H), [&](int64_t b0, int64_t b1) {
+  parallel_rows(s.B, H, [&](int64_t b0, int64_t b1) GRU4REC_ROWS_INLINE {
     for (int64_t b = b0; b < b1; ++b) {
       const GradIn<scalar_t> gin = grad_in<scalar_t>(s, b, zeros.data());
       const scalar_t* ws = cp<scalar_t>(s.ws) + b * 4 * H;
@@ -202,7 +237,7 @@ template <typename scalar_t>
 void backward_gru4rec_cand_kernel(const BwdStep& s) {
   const int64_t H = s.H;
   const std::vector<scalar_t> zeros = zero_row<scalar_t>(H);
-  at::parallel_for(0, s.B, row_grain(H), [&](int64_t b0, int64_t b1) {
+  parallel_rows(s.B, H, [&](int64_t b0, int64_t b1) GRU4REC_ROWS_INLINE {
     for (int64_t b = b0; b < b1; ++b) {
       const GradIn<scalar_t> gin = grad_in<scalar_t>(s, b, zeros.data());
       const scalar_t* ws = cp<scalar_t>(s.ws) + b * 4 * H;
@@ -229,7 +264,7 @@ void backward_gru4rec_cand_kernel(const BwdStep& s) {
 template <typename scalar_t>
 void backward_gru4rec_gates_kernel(const BwdStep& s) {
   const int64_t H = s.H;
-  at::parallel_for(0, s.B, row_grain(H), [&](int64_t b0, int64_t b1) {
+  parallel_rows(s.B, H, [&](int64_t b0, int64_t b1) GRU4REC_ROWS_INLINE {
     for (int64_t b = b0; b < b1; ++b) {
       const scalar_t* drh = cp<scalar_t>(s.drh) + b * H;
       const scalar_t* ws = cp<scalar_t>(s.ws) + b * 4 * H;
@@ -291,8 +326,7 @@ struct CpuKernels {
   }
 
   // Zeroes the rows of x [B,H] where reset [B] is true.
-  static void zero_reset_rows(Tensor& x, const Tensor& reset) {
-    const bool* r = reset.const_data_ptr<bool>();
+  static void zero_reset_rows(Tensor& x, const bool* r) {
     const int64_t B = x.size(0), H = x.size(1);
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "session_gru_backward", [&] {
       scalar_t* p = x.mutable_data_ptr<scalar_t>();

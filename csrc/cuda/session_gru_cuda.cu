@@ -281,13 +281,13 @@ struct CudaKernels {
     });
   }
 
-  static void zero_reset_rows(Tensor& x, const Tensor& reset) {
+  static void zero_reset_rows(Tensor& x, const bool* reset) {
     const int64_t B = x.size(0), H = x.size(1);
     if (B * H == 0) return;
     GRU4REC_DISPATCH(x.scalar_type(), [&] {
       zero_reset_rows_kernel<scalar_t>
           <<<num_blocks(B * H), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-              x.mutable_data_ptr<scalar_t>(), reset.const_data_ptr<bool>(), B, H);
+              x.mutable_data_ptr<scalar_t>(), reset, B, H);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
