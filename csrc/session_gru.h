@@ -239,9 +239,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> session_gru_backward_
   }
   const bool has_b_ih = bias_ih.has_value() && bias_ih->defined();
   const bool has_b_hh = bias_hh.has_value() && bias_hh->defined();
+  // Bias gradients are row sums of the gate gradients; for gru4rec both biases get the same one.
   Tensor grad_b_ih = has_b_ih ? dgi2.sum(0) : at::empty({0}, opts);
-  Tensor grad_b_hh = has_b_hh ? (cudnn ? dgh2.sum(0) : grad_b_ih.clone()) : at::empty({0}, opts);
-  if (!cudnn && !has_b_ih && has_b_hh) grad_b_hh = dgh2.sum(0);
+  Tensor grad_b_hh = !has_b_hh                ? at::empty({0}, opts)
+                     : (!cudnn && has_b_ih) ? grad_b_ih.clone()
+                                            : dgh2.sum(0);
   return {grad_input, carry, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh};
 }
 

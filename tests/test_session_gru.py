@@ -94,11 +94,15 @@ def test_matches_reference_edge_shapes(device, variant, shape):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_no_bias_and_repeated_ids(device, variant):
-    args = make_args(4, 9, 17, 3, True, device, bias=False)  # 9 rows over 3 items: repeats
-    check_against_reference(args, variant)
-    args = make_args(4, 9, 17, 6, False, device, bias=False)
-    check_against_reference(args, variant)
+@pytest.mark.parametrize("missing", ["both", "bias_ih", "bias_hh"])
+def test_missing_bias_and_repeated_ids(device, variant, missing):
+    for ids, E in ((True, 3), (False, 6)):  # 9 rows over 3 items: repeated ids
+        args = make_args(4, 9, 17, E, ids, device)
+        if missing in ("both", "bias_ih"):
+            args[5] = None
+        if missing in ("both", "bias_hh"):
+            args[6] = None
+        check_against_reference(args, variant)
 
 
 def test_reset_as_numbers(device):
