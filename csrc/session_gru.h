@@ -183,7 +183,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> session_gru_backward_
   Tensor hp = at::empty({T * B, H}, opts);
   Tensor carry = at::empty({B, H}, opts);  // becomes grad_h0
   Tensor drh = cudnn ? Tensor() : at::empty({B, H}, opts);
-  const Tensor w_rz = w_hh.narrow(0, 0, 2 * H), w_c = w_hh.narrow(0, 2 * H, H);
+  const Tensor w_rz = cudnn ? Tensor() : w_hh.narrow(0, 0, 2 * H);  // gru4rec only
+  const Tensor w_c = cudnn ? Tensor() : w_hh.narrow(0, 2 * H, H);
   const int64_t esize = static_cast<int64_t>(w_hh.element_size());
   const bool* reset_p = reset.const_data_ptr<bool>();
   BwdStep s;
