@@ -2,6 +2,8 @@
 // other translation units) and exposes host-side helpers through pybind11.
 #include <torch/extension.h>
 
+#include "schedule.h"
+
 namespace {
 
 // What this binary was built with; the Python side reports it and the tests check it.
@@ -26,4 +28,5 @@ pybind11::dict build_info() {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "gru4rec-ext compiled kernels (ops are under torch.ops.gru4rec)";
   m.def("build_info", &build_info, "What the extension was built with");
+  gru4rec::bind_schedule(m);
 }

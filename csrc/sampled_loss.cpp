@@ -1,0 +1,156 @@
+// gru4rec::sampled_loss_forward / sampled_loss_backward: the fused sampled ranking loss of
+// GRU4Rec (SPEC section 4). This file holds the schemas, the argument checks shared by the CPU
+// and CUDA kernels, and the device-independent steps (row gather + score GEMM, backward GEMMs).
+// The fused per-row pass lives in csrc/cpu/sampled_loss_cpu.cpp and csrc/cuda/sampled_loss_cuda.cu.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "loss_math.h"
+
+namespace gru4rec {
+
+namespace lm = loss_math;
+
+SampledLossDims check_sampled_loss_args(const at::Tensor& hidden, const at::Tensor& weight,
+                                        const at::Tensor& bias, const at::Tensor& candidates,
+                                        const std::optional<at::Tensor>& log_q,
+                                        const std::optional<at::Tensor>& valid, int64_t loss,
+                                        int64_t activation, double logq, bool check_ids) {
+  TORCH_CHECK(hidden.dim() == 2, "sampled_loss: hidden must be [B, H], got ", hidden.dim(),
+              " dims");
+  TORCH_CHECK(weight.dim() == 2, "sampled_loss: weight must be [N, H], got ", weight.dim(),
+              " dims");
+  TORCH_CHECK(bias.dim() == 1, "sampled_loss: bias must be [N], got ", bias.dim(), " dims");
+  TORCH_CHECK(candidates.dim() == 1, "sampled_loss: candidates must be [C] (targets then samples), got ",
+              candidates.dim(), " dims");
+  TORCH_CHECK(at::isFloatingType(hidden.scalar_type()),
+              "sampled_loss: hidden must be a floating tensor, got ", hidden.scalar_type());
+  TORCH_CHECK(weight.scalar_type() == hidden.scalar_type(), "sampled_loss: weight dtype ",
+              weight.scalar_type(), " differs from hidden dtype ", hidden.scalar_type());
+  TORCH_CHECK(bias.scalar_type() == hidden.scalar_type(), "sampled_loss: bias dtype ",
+              bias.scalar_type(), " differs from hidden dtype ", hidden.scalar_type());
+  TORCH_CHECK(candidates.scalar_type() == at::kLong,
+              "sampled_loss: candidates (targets, samples) must be int64 item ids, got ",
+              candidates.scalar_type());
+  const auto device = hidden.device();
+  TORCH_CHECK(weight.device() == device, "sampled_loss: weight is on ", weight.device(),
+              " but hidden is on ", device);
+  TORCH_CHECK(bias.device() == device, "sampled_loss: bias is on ", bias.device(),
+              " but hidden is on ", device);
+  TORCH_CHECK(candidates.device() == device, "sampled_loss: candidates (targets, samples) are on ",
+              candidates.device(), " but hidden is on ", device);
+
+  const int64_t B = hidden.size(0), H = hidden.size(1), N = weight.size(0), C = candidates.size(0);
+  TORCH_CHECK(B >= 1, "sampled_loss: hidden must have at least one row (B >= 1)");
+  TORCH_CHECK(weight.size(1) == H, "sampled_loss: weight has H=", weight.size(1),
+              " columns but hidden has H=", H);
+  TORCH_CHECK(bias.size(0) == N, "sampled_loss: bias has ", bias.size(0),
+              " entries but weight has N=", N, " rows");
+  TORCH_CHECK(C >= B, "sampled_loss: candidates has C=", C,
+              " entries, fewer than the B=", B, " targets (C = B + K)");
+  TORCH_CHECK(loss >= lm::kBPR && loss <= lm::kCrossEntropy, "sampled_loss: unknown loss code ",
+              loss, " (0 bpr, 1 top1, 2 bpr-max, 3 top1-max, 4 cross-entropy)");
+  TORCH_CHECK(activation >= lm::kLinear && activation <= lm::kElu,
+              "sampled_loss: unknown activation code ", activation, " (0 linear, 1 tanh, 2 elu)");
+
+  if (loss == lm::kCrossEntropy && logq > 0) {
+    TORCH_CHECK(log_q.has_value() && log_q->defined(),
+                "sampled_loss: log_q is required with the cross-entropy loss when logq > 0");
+  }
+  if (log_q.has_value() && log_q->defined()) {
+    TORCH_CHECK(log_q->dim() == 1 && log_q->size(0) == C, "sampled_loss: log_q must be [C=", C,
+                "], got ", log_q->sizes());
+    TORCH_CHECK(log_q->scalar_type() == hidden.scalar_type(), "sampled_loss: log_q dtype ",
+                log_q->scalar_type(), " differs from hidden dtype ", hidden.scalar_type());
+    TORCH_CHECK(log_q->device() == device, "sampled_loss: log_q is on ", log_q->device(),
+                " but hidden is on ", device);
+  }
+  if (valid.has_value() && valid->defined()) {
+    TORCH_CHECK(valid->dim() == 1 && valid->size(0) == B, "sampled_loss: valid must be [B=", B,
+                "], got ", valid->sizes());
+    TORCH_CHECK(valid->scalar_type() == at::kBool, "sampled_loss: valid must be bool, got ",
+                valid->scalar_type());
+    TORCH_CHECK(valid->device() == device, "sampled_loss: valid is on ", valid->device(),
+                " but hidden is on ", device);
+  }
+  // Id range: checked here on the CPU only. On CUDA it would cost a host sync per step; there the
+  // gather's own device-side bounds check catches a bad id.
+  if (check_ids && device.is_cpu() && C > 0) {
+    auto [lo, hi] = at::aminmax(candidates);
+    const int64_t lo_v = lo.item<int64_t>(), hi_v = hi.item<int64_t>();
+    TORCH_CHECK(lo_v >= 0, "sampled_loss: candidates (targets, samples) hold a negative item id ",
+                lo_v);
+    TORCH_CHECK(hi_v < N, "sampled_loss: candidates (targets, samples) hold item id ", hi_v,
+                ", out of range for weight with N=", N, " rows");
+  }
+  return {B, C, H, N};
+}
+
+at::Tensor workspace_grad_scores(const at::Tensor& workspace, const SampledLossDims& d) {
+  return workspace.narrow(0, 0, d.B * d.C).view({d.B, d.C});
+}
+
+at::Tensor workspace_rows(const at::Tensor& workspace, const SampledLossDims& d) {
+  return workspace.narrow(0, d.B * d.C, d.C * d.H).view({d.C, d.H});
+}
+
+at::Tensor sampled_loss_scores(const at::Tensor& hidden, const at::Tensor& weight,
+                               const at::Tensor& bias, const at::Tensor& candidates,
+                               const SampledLossDims& d) {
+  at::Tensor workspace = at::empty({d.B * d.C + d.C * d.H}, hidden.options());
+  at::Tensor rows = workspace_rows(workspace, d);
+  at::index_select_out(rows, weight, 0, candidates);
+  const at::Tensor bias_rows = at::index_select(bias, 0, candidates);
+  at::Tensor scores = workspace_grad_scores(workspace, d);
+  at::addmm_out(scores, bias_rows, hidden, rows.t());
+  return workspace;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sampled_loss_backward_common(
+    const at::Tensor& grad_loss, const at::Tensor& hidden, const at::Tensor& weight,
+    const at::Tensor& bias, const at::Tensor& candidates, const std::optional<at::Tensor>& log_q,
+    const std::optional<at::Tensor>& valid, int64_t loss, int64_t activation, double elu_alpha,
+    double bpreg, double logq, bool mask_hits, const at::Tensor& workspace) {
+  (void)elu_alpha;
+  (void)bpreg;
+  (void)mask_hits;
+  // The forward already checked the ids; this call only rechecks shapes, dtypes and devices.
+  const SampledLossDims d = check_sampled_loss_args(hidden, weight, bias, candidates, log_q, valid,
+                                                    loss, activation, logq, /*check_ids=*/false);
+  TORCH_CHECK(grad_loss.numel() == 1, "sampled_loss_backward: grad_loss must be a scalar, got ",
+              grad_loss.sizes());
+  TORCH_CHECK(grad_loss.device() == hidden.device(), "sampled_loss_backward: grad_loss is on ",
+              grad_loss.device(), " but hidden is on ", hidden.device());
+  TORCH_CHECK(workspace.dim() == 1 && workspace.size(0) == d.B * d.C + d.C * d.H,
+              "sampled_loss_backward: workspace must be the forward's [B*C + C*H=",
+              d.B * d.C + d.C * d.H, "] buffer, got ", workspace.sizes());
+  TORCH_CHECK(workspace.scalar_type() == hidden.scalar_type() &&
+                  workspace.device() == hidden.device(),
+              "sampled_loss_backward: workspace dtype/device differ from hidden's");
+  const at::Tensor grad_scores =
+      at::mul(workspace_grad_scores(workspace, d), grad_loss.reshape({}).to(hidden.scalar_type()));
+  const at::Tensor rows = workspace_rows(workspace, d);
+  at::Tensor grad_hidden = at::mm(grad_scores, rows);
+  at::Tensor grad_weight_rows = at::mm(grad_scores.t(), hidden);
+  at::Tensor grad_bias_rows = grad_scores.sum(0);
+  return {grad_hidden, grad_weight_rows, grad_bias_rows};
+}
+
+}  // namespace gru4rec
+
+TORCH_LIBRARY_FRAGMENT(gru4rec, m) {
+  // hidden [B,H], weight [N,H], bias [N], candidates int64 [C] = B targets then K samples,
+  // log_q [C] (cross-entropy with logq > 0), valid bool [B]. Returns the 0-dim loss and the
+  // workspace the backward reads (dL/dscores [B,C] and the gathered rows [C,H], flattened).
+  m.def(
+      "sampled_loss_forward(Tensor hidden, Tensor weight, Tensor bias, Tensor candidates, "
+      "Tensor? log_q, Tensor? valid, int loss, int activation, float elu_alpha, float bpreg, "
+      "float logq, bool mask_hits) -> (Tensor loss, Tensor workspace)");
+  // Gradients w.r.t. hidden [B,H] and the C gathered rows of weight [C,H] and bias [C]
+  // (row j belongs to item candidates[j]; duplicates are not summed).
+  m.def(
+      "sampled_loss_backward(Tensor grad_loss, Tensor hidden, Tensor weight, Tensor bias, "
+      "Tensor candidates, Tensor? log_q, Tensor? valid, int loss, int activation, "
+      "float elu_alpha, float bpreg, float logq, bool mask_hits, Tensor workspace) -> "
+      "(Tensor grad_hidden, Tensor grad_weight_rows, Tensor grad_bias_rows)");
+}

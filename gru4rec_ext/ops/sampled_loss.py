@@ -1,0 +1,194 @@
+"""The fused sampled ranking loss (SPEC section 4): `gru4rec::sampled_loss_forward/backward`.
+
+Two entry points:
+
+* `sampled_ranking_loss(...)` -> 0-dim loss, differentiable w.r.t. hidden, weight and bias
+  (torch.library autograd registration; the weight and bias gradients are dense, built with
+  index_add from the row gradients).
+* the row-sparse pair of the trainer, with no autograd involved:
+  `state = sampled_loss_forward(...)`, `state.loss`, then
+  `grad_hidden, candidates, grad_weight_rows, grad_bias_rows = sampled_loss_backward(state)`;
+  row j of grad_weight_rows / grad_bias_rows belongs to item candidates[j] (duplicates not summed).
+
+Without a compiled kernel for the device (see `gru4rec_ext._extension.use_kernel`, which logs
+the fallback once) both run the pure-PyTorch reference of `gru4rec_ext.reference_loss`.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import _extension
+from ..reference_loss import (CROSS_ENTROPY, activation_code, loss_code, ranking_loss_from_rows,
+                              sampled_ranking_loss_reference)
+
+__all__ = ["sampled_ranking_loss", "sampled_loss_forward", "sampled_loss_backward",
+           "SampledLossState"]
+
+_OP = "sampled_loss_forward"
+
+
+def _codes(loss, activation, elu_alpha, logq, log_q):
+    code = loss_code(loss)
+    act, alpha = activation_code(activation, elu_alpha)
+    if code == CROSS_ENTROPY and logq > 0 and log_q is None:
+        raise ValueError("log_q is required with the cross-entropy loss when logq > 0")
+    return code, act, alpha
+
+
+def _candidates(targets, samples):
+    for name, t in (("targets", targets), ("samples", samples)):
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.int64 or t.dim() != 1:
+            raise TypeError(f"{name} must be a 1-D int64 tensor of item ids")
+    return torch.cat((targets, samples))
+
+
+def sampled_ranking_loss(hidden, weight, bias, targets, samples, *, loss="cross-entropy",
+                         activation="linear", elu_alpha=1.0, bpreg=0.0, logq=0.0, log_q=None,
+                         valid=None, mask_accidental_hits=False):
+    """The batch's sampled ranking loss: sum over valid rows of the row losses, divided by B.
+
+    hidden [B,H], weight [N,H], bias [N] (scores r_bj = act(h_b . W[c_j] + b[c_j])), targets int64
+    [B], samples int64 [K] (candidates = targets then samples). loss: "bpr", "top1", "bpr-max",
+    "top1-max", "cross-entropy" (or "xe"); activation: "linear", "tanh", "elu", "elu-<alpha>".
+    bpreg: BPR-max's score regularisation; logq > 0: cross-entropy subtracts logq * log_q [B+K]
+    from every score; valid bool [B]; mask_accidental_hits: a column holding row b's target id
+    is not a negative of row b. Differentiable w.r.t. hidden, weight and bias.
+    """
+    code, act, alpha = _codes(loss, activation, elu_alpha, logq, log_q)
+    if not _extension.use_kernel(_OP, hidden.device):
+        return sampled_ranking_loss_reference(
+            hidden, weight, bias, targets, samples, loss=loss, activation=activation,
+            elu_alpha=elu_alpha, bpreg=bpreg, logq=logq, log_q=log_q, valid=valid,
+            mask_accidental_hits=mask_accidental_hits)
+    candidates = _candidates(targets, samples)
+    out, _ = torch.ops.gru4rec.sampled_loss_forward.default(
+        hidden, weight, bias, candidates, log_q, valid, code, act, alpha, float(bpreg),
+        float(logq), bool(mask_accidental_hits))
+    return out
+
+
+class SampledLossState:
+    """What `sampled_loss_backward` needs from a `sampled_loss_forward` call; `.loss` is 0-dim."""
+
+    __slots__ = ("loss", "candidates", "_args", "_workspace", "_ref")
+
+    def __init__(self, loss, candidates, args, workspace, ref=None):
+        self.loss = loss
+        self.candidates = candidates
+        self._args = args            # the forward op's arguments (kernel path)
+        self._workspace = workspace  # the forward op's workspace (kernel path)
+        self._ref = ref              # reference path: (loss with graph, (hidden, weight_rows, bias_rows) leaves)
+
+
+_ones: dict = {}
+
+
+def _one(like):
+    key = (like.device, like.dtype)
+    one = _ones.get(key)
+    if one is None:
+        one = _ones[key] = torch.ones((), dtype=like.dtype, device=like.device)
+    return one
+
+
+def sampled_loss_forward(hidden, weight, bias, targets, samples, *, loss="cross-entropy",
+                         activation="linear", elu_alpha=1.0, bpreg=0.0, logq=0.0, log_q=None,
+                         valid=None, mask_accidental_hits=False) -> SampledLossState:
+    """Forward of the row-sparse pair (no autograd): same arguments as `sampled_ranking_loss`.
+
+    Returns a `SampledLossState` whose `.loss` is the 0-dim batch loss; pass it to
+    `sampled_loss_backward`. No host synchronisation on CUDA.
+    """
+    code, act, alpha = _codes(loss, activation, elu_alpha, logq, log_q)
+    candidates = _candidates(targets, samples)
+    opts = (code, act, alpha, float(bpreg), float(logq), bool(mask_accidental_hits))
+    if _extension.use_kernel(_OP, hidden.device):
+        out, workspace = torch.ops.gru4rec.sampled_loss_forward.default(
+            hidden, weight, bias, candidates, log_q, valid, *opts)
+        return SampledLossState(out, candidates, (hidden, weight, bias, candidates, log_q, valid)
+                                + opts, workspace)
+    # Reference path: autograd through plain PyTorch on leaf copies of the gathered rows.
+    if candidates.numel() and (candidates.min() < 0 or candidates.max() >= weight.shape[0]):
+        raise ValueError(f"targets/samples hold an item id out of range [0, {weight.shape[0]})")
+    with torch.enable_grad():
+        rows = (hidden.detach().requires_grad_(), weight[candidates].detach().requires_grad_(),
+                bias[candidates].detach().requires_grad_())
+        out = ranking_loss_from_rows(*rows, candidates, loss_code_=code, activation_code_=act,
+                                     elu_alpha=alpha, bpreg=bpreg, logq=logq, log_q=log_q,
+                                     valid=valid, mask_accidental_hits=mask_accidental_hits)
+    return SampledLossState(out.detach(), candidates, None, None, (out, rows))
+
+
+def sampled_loss_backward(state: SampledLossState, grad_loss=None):
+    """Backward of the row-sparse pair: (grad_hidden [B,H], candidates [C], grad_weight_rows
+    [C,H], grad_bias_rows [C]); grad_loss (0-dim tensor or number) defaults to 1."""
+    if not isinstance(state, SampledLossState):
+        raise TypeError("state must be the SampledLossState that sampled_loss_forward returned")
+    like = state.loss
+    if grad_loss is None:
+        grad_loss = _one(like)
+    elif not isinstance(grad_loss, torch.Tensor):
+        grad_loss = torch.tensor(float(grad_loss), dtype=like.dtype, device=like.device)
+    if state._ref is not None:  # reference path
+        out, rows = state._ref
+        grads = torch.autograd.grad(out, rows, grad_outputs=grad_loss)
+        return grads[0], state.candidates, grads[1], grads[2]
+    a = state._args
+    grad_hidden, grad_weight_rows, grad_bias_rows = torch.ops.gru4rec.sampled_loss_backward.default(
+        grad_loss, *a, state._workspace)
+    return grad_hidden, state.candidates, grad_weight_rows, grad_bias_rows
+
+
+# ---- torch.library registrations (autograd of the forward op, fake kernels of both ops) ----
+
+def _fake_forward(hidden, weight, bias, candidates, log_q, valid, loss, activation, elu_alpha,
+                  bpreg, logq, mask_hits):
+    B, H = hidden.shape
+    C = candidates.shape[0]
+    if weight.shape[1] != H:
+        raise RuntimeError(f"sampled_loss: weight has H={weight.shape[1]} columns but hidden has H={H}")
+    for name, t in (("weight", weight), ("bias", bias), ("candidates", candidates)):
+        if t.device != hidden.device:
+            raise RuntimeError(f"sampled_loss: {name} is on {t.device} but hidden is on {hidden.device}")
+    return hidden.new_empty(()), hidden.new_empty((B * C + C * H,))
+
+
+def _fake_backward(grad_loss, hidden, weight, bias, candidates, log_q, valid, loss, activation,
+                   elu_alpha, bpreg, logq, mask_hits, workspace):
+    B, H = hidden.shape
+    C = candidates.shape[0]
+    return hidden.new_empty((B, H)), hidden.new_empty((C, H)), hidden.new_empty((C,))
+
+
+def _setup_context(ctx, inputs, output):
+    hidden, weight, bias, candidates, log_q, valid = inputs[:6]
+    ctx.opts = tuple(inputs[6:])
+    ctx.save_for_backward(hidden, weight, bias, candidates, log_q, valid, output[1])
+    ctx.weight_shape = weight.shape
+    ctx.bias_shape = bias.shape
+    ctx.mark_non_differentiable(output[1])
+
+
+def _backward(ctx, grad_loss, _grad_workspace):
+    hidden, weight, bias, candidates, log_q, valid, workspace = ctx.saved_tensors
+    grad_hidden, grad_w_rows, grad_b_rows = torch.ops.gru4rec.sampled_loss_backward.default(
+        grad_loss, hidden, weight, bias, candidates, log_q, valid, *ctx.opts, workspace)
+    need = ctx.needs_input_grad
+    grad_weight = grad_bias = None
+    if need[1]:
+        grad_weight = grad_w_rows.new_zeros(ctx.weight_shape).index_add_(0, candidates, grad_w_rows)
+    if need[2]:
+        grad_bias = grad_b_rows.new_zeros(ctx.bias_shape).index_add_(0, candidates, grad_b_rows)
+    return (grad_hidden if need[0] else None, grad_weight, grad_bias) + (None,) * 9
+
+
+def _register():
+    if not _extension.available() or not hasattr(torch.ops.gru4rec, "sampled_loss_forward"):
+        return
+    torch.library.register_fake("gru4rec::sampled_loss_forward", _fake_forward)
+    torch.library.register_fake("gru4rec::sampled_loss_backward", _fake_backward)
+    torch.library.register_autograd("gru4rec::sampled_loss_forward", _backward,
+                                    setup_context=_setup_context)
+
+
+_register()
