@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from . import _extension
+
 EPS = 1e-6
 
 
@@ -29,7 +31,22 @@ def dense_adagrad_update_(params, grads, accs, moms, lr: float, momentum: float,
 
 
 def sparse_adagrad_update_(param, acc, mom, scratch, indices, rows, lr: float, momentum: float,
-                           eps: float = EPS):
+                           eps: float = EPS, use_kernel: bool | None = None):
+    """In-place row-sparse update; the compiled `gru4rec::sparse_adagrad_` when built for the device
+    (use_kernel None: when available; False: the PyTorch version), else `sparse_adagrad_update_torch_`."""
+    if use_kernel is None:
+        use_kernel = _extension.has_kernel("sparse_adagrad_", "CUDA" if param.device.type == "cuda" else "CPU")
+    if use_kernel:
+        as2d = (lambda t: t.view(t.shape[0], -1)) if param.dim() == 1 else (lambda t: t)
+        mom2d = as2d(mom) if mom is not None else param.new_empty(0, 1)
+        torch.ops.gru4rec.sparse_adagrad_(as2d(param), as2d(acc), mom2d, indices.contiguous(),
+                                          as2d(rows.contiguous()), float(lr), float(momentum), float(eps))
+        return
+    sparse_adagrad_update_torch_(param, acc, mom, scratch, indices, rows, lr, momentum, eps)
+
+
+def sparse_adagrad_update_torch_(param, acc, mom, scratch, indices, rows, lr: float, momentum: float,
+                                 eps: float = EPS):
     """In-place row-sparse update of `param` [N, D] (or [N]) at rows `indices` [M] (duplicates allowed).
 
     rows: gradient rows [M, D] (or [M]) belonging to `indices`; `scratch` is a zero tensor shaped
@@ -56,9 +73,11 @@ class AdagradM:
         dense: {name: parameter} updated with full gradients (`step_dense`).
         sparse: {name: parameter} updated on touched rows only (`step_sparse`).
         lr, momentum, eps: SPEC section 5.
+        sparse_kernel: use the compiled sparse update (None: when built for the device).
     """
 
-    def __init__(self, dense: dict, sparse: dict, lr: float, momentum: float = 0.0, eps: float = EPS):
+    def __init__(self, dense: dict, sparse: dict, lr: float, momentum: float = 0.0, eps: float = EPS,
+                 sparse_kernel: bool | None = None):
         if lr <= 0:
             raise ValueError(f"learning_rate must be > 0, got {lr}")
         if not 0.0 <= momentum < 1.0:
@@ -74,6 +93,7 @@ class AdagradM:
             if self.momentum > 0 else {}
         self._scratch = {n: torch.zeros_like(p) for n, p in self.sparse.items()}
         self._dense_names = list(self.dense)
+        self.sparse_kernel = sparse_kernel
 
     @torch.no_grad()
     def step_dense(self, grads) -> None:
@@ -96,11 +116,13 @@ class AdagradM:
         if name not in self.sparse:
             raise KeyError(f"{name!r} is not a sparse parameter of this optimizer")
         p = self.sparse[name]
+        if self.sparse_kernel is None:  # decided once, on the first update
+            self.sparse_kernel = _extension.has_kernel("sparse_adagrad_", "CUDA" if p.device.type == "cuda" else "CPU")
         if rows.shape[0] != indices.shape[0] or rows.shape[1:] != p.shape[1:]:
             raise ValueError(f"rows for {name!r} must be [{indices.shape[0]}, *{tuple(p.shape[1:])}], "
                              f"got {tuple(rows.shape)}")
         sparse_adagrad_update_(p, self.acc[name], self.mom.get(name), self._scratch[name],
-                               indices, rows.to(p.dtype), self.lr, self.momentum, self.eps)
+                               indices, rows.to(p.dtype), self.lr, self.momentum, self.eps, self.sparse_kernel)
 
     def state_dict(self) -> dict:
         """Tensors and plain values only (loads with `torch.load(weights_only=True)`)."""

@@ -18,28 +18,9 @@ def encode_items(item_map, items) -> tuple[torch.Tensor, torch.Tensor]:
         return idx, torch.ones(len(items), dtype=torch.bool)
     if not items:
         return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.bool)
-    enc = torch.as_tensor(item_map.encode(items, unknown=-1) if _accepts_unknown(item_map) else
-                          _encode_lenient(item_map, items)).to(torch.int64).reshape(-1)
+    enc = torch.as_tensor(item_map.encode(items)).to(torch.int64).reshape(-1)  # -1: unknown label
     known = enc >= 0
     return enc.clamp_min(0), known
-
-
-def _accepts_unknown(item_map) -> bool:
-    import inspect
-    try:
-        return "unknown" in inspect.signature(item_map.encode).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _encode_lenient(item_map, items):
-    out = []
-    for item in items:
-        try:
-            out.append(int(torch.as_tensor(item_map.encode([item])).reshape(-1)[0]))
-        except (KeyError, ValueError):
-            out.append(-1)
-    return out
 
 
 def decode_items(item_map, indices: torch.Tensor) -> list:

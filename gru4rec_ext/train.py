@@ -29,14 +29,6 @@ LOG_EVERY = 100
 CHECKPOINT_NAME = "last.pt"
 
 
-def _reference_loss_function():
-    try:
-        from .reference_loss import sampled_ranking_loss_reference
-    except ImportError:
-        from .reference import sampled_ranking_loss_reference
-    return sampled_ranking_loss_reference
-
-
 class OutputLoss:
     """Sampled loss of the output layer with row-sparse gradients, for one backend.
 
@@ -53,10 +45,11 @@ class OutputLoss:
             self._fwd, self._bwd = sampled_loss_forward, sampled_loss_backward
             self._call = self._kernels
         else:
-            if mask_accidental_hits:
-                raise NotImplementedError("mask_accidental_hits with backend='reference' is not implemented "
-                                          "(the reference path scores gathered rows); use backend='kernels'")
-            self._ref = _reference_loss_function()
+            from .reference_loss import activation_code, loss_code, ranking_loss_from_rows
+            act, alpha = activation_code(model.activation, model.elu_alpha)
+            self._ref = ranking_loss_from_rows
+            self._ref_opts = dict(loss_code_=loss_code(loss), activation_code_=act, elu_alpha=alpha,
+                                  bpreg=float(bpreg), logq=float(logq), mask_accidental_hits=bool(mask_accidental_hits))
             self._call = self._reference
 
     def __call__(self, hidden, targets, samples, valid, log_q):
@@ -72,14 +65,12 @@ class OutputLoss:
     def _reference(self, hidden, targets, samples, valid, log_q):
         # Score against the gathered candidate rows so that autograd yields row gradients directly.
         m = self.model
-        b, k = targets.shape[0], samples.shape[0]
         candidates = torch.cat([targets, samples])
         with torch.enable_grad():
             w = m.Wy.detach().index_select(0, candidates).requires_grad_()
             bias = m.By.detach().index_select(0, candidates).requires_grad_()
             h = hidden.detach().requires_grad_()
-            local = torch.arange(b + k, device=targets.device)
-            loss = self._ref(h, w, bias, local[:b], local[b:], log_q=log_q, valid=valid, **self.opts)
+            loss = self._ref(h, w, bias, candidates, log_q=log_q, valid=valid, **self._ref_opts)
             grad_hidden, grad_w, grad_b = torch.autograd.grad(loss, [h, w, bias])
         return loss.detach(), grad_hidden, candidates, grad_w, grad_b
 
@@ -166,7 +157,8 @@ class Trainer:
         sparse = {"Wy": model.Wy, "By": model.By}
         if model.E is not None:
             sparse["E"] = model.E
-        self.optimizer = AdagradM(model.gru_parameters(), sparse, self.learning_rate, self.momentum)
+        self.optimizer = AdagradM(model.gru_parameters(), sparse, self.learning_rate, self.momentum,
+                                  sparse_kernel=None if model.backend == "kernels" else False)
         self.output_loss = OutputLoss(model, loss=loss, bpreg=bpreg, logq=logq,
                                       mask_accidental_hits=mask_accidental_hits)
         if self.resume:

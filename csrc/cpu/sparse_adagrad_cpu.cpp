@@ -1,0 +1,81 @@
+// CPU kernel of gru4rec::sparse_adagrad_: duplicates of an index are summed (in index order of
+// appearance), then each touched row's acc, mom and param are updated once.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+#include "sparse_adagrad.h"
+
+namespace gru4rec {
+namespace {
+
+// param/acc/mom [N, D], indices [M], rows [M, D]: row-sparse Adagrad-momentum, in place.
+template <typename scalar_t>
+void sparse_adagrad_rows(scalar_t* param, scalar_t* acc, scalar_t* mom, const int64_t* idx,
+                         const scalar_t* rows, int64_t N, int64_t M, int64_t D, scalar_t lr,
+                         scalar_t momentum, scalar_t eps) {
+  for (int64_t i = 0; i < M; ++i) {
+    TORCH_CHECK(idx[i] >= 0 && idx[i] < N, "sparse_adagrad_: indices[", i, "] = ", idx[i],
+                " is out of range [0, ", N, ")");
+  }
+  std::vector<int64_t> order(M);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return idx[a] < idx[b]; });
+  std::vector<int64_t> starts;
+  starts.reserve(M + 1);
+  for (int64_t i = 0; i < M; ++i) {
+    if (i == 0 || idx[order[i]] != idx[order[i - 1]]) starts.push_back(i);
+  }
+  starts.push_back(M);
+  const int64_t G = static_cast<int64_t>(starts.size()) - 1;
+  at::parallel_for(0, G, 64, [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> g(D);
+    for (int64_t gi = begin; gi < end; ++gi) {
+      const int64_t row = idx[order[starts[gi]]];
+      std::fill(g.begin(), g.end(), scalar_t(0));
+      for (int64_t j = starts[gi]; j < starts[gi + 1]; ++j) {
+        const scalar_t* src = rows + order[j] * D;
+        for (int64_t d = 0; d < D; ++d) g[d] += src[d];
+      }
+      scalar_t* p = param + row * D;
+      scalar_t* a = acc + row * D;
+      if (momentum > 0) {
+        scalar_t* v = mom + row * D;
+        for (int64_t d = 0; d < D; ++d) {
+          a[d] += g[d] * g[d];
+          v[d] = momentum * v[d] - lr * g[d] / std::sqrt(a[d] + eps);
+          p[d] += v[d];
+        }
+      } else {
+        for (int64_t d = 0; d < D; ++d) {
+          a[d] += g[d] * g[d];
+          p[d] -= lr * g[d] / std::sqrt(a[d] + eps);
+        }
+      }
+    }
+  });
+}
+
+void sparse_adagrad_cpu(at::Tensor& param, at::Tensor& acc, at::Tensor& mom, const at::Tensor& indices,
+                        const at::Tensor& rows, double lr, double momentum, double eps) {
+  check_sparse_adagrad_args(param, acc, mom, indices, rows, lr, momentum, eps);
+  AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "sparse_adagrad_cpu", [&] {
+    sparse_adagrad_rows<scalar_t>(param.data_ptr<scalar_t>(), acc.data_ptr<scalar_t>(),
+                                  momentum > 0 ? mom.data_ptr<scalar_t>() : nullptr,
+                                  indices.data_ptr<int64_t>(), rows.data_ptr<scalar_t>(), param.size(0),
+                                  indices.size(0), param.size(1), static_cast<scalar_t>(lr),
+                                  static_cast<scalar_t>(momentum), static_cast<scalar_t>(eps));
+  });
+}
+
+}  // namespace
+}  // namespace gru4rec
+
+TORCH_LIBRARY_IMPL(gru4rec, CPU, m) {
+  m.impl("sparse_adagrad_", &gru4rec::sparse_adagrad_cpu);
+}
