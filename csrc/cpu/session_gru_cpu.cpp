@@ -1,0 +1,352 @@
+// CPU kernels of gru4rec::session_gru_forward/backward: one fused elementwise pass per step
+// (parallel over rows, vectorised over hidden units); products go through ATen (BLAS).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "gru_math.h"
+#include "session_gru.h"
+
+namespace gru4rec {
+namespace {
+
+// Rows per parallel chunk: below about 16k elements per call the work stays on one thread.
+int64_t row_grain(int64_t H) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, H)); }
+
+template <typename scalar_t>
+const scalar_t* cp(const void* p) { return static_cast<const scalar_t*>(p); }
+template <typename scalar_t>
+scalar_t* mp(void* p) { return static_cast<scalar_t*>(p); }
+
+// Input part of gate unit g (0..3H) of row b: dense rows [B,3H], or column ids[b] of weight_ih [3H,N].
+template <typename scalar_t, bool kIds>
+inline const scalar_t* gi_row(const FwdStep& s, int64_t b, int64_t& stride) {
+  if constexpr (kIds) {
+    stride = s.n_items;
+    return cp<scalar_t>(s.gi) + s.ids[b];
+  } else {
+    stride = 1;
+    return cp<scalar_t>(s.gi) + b * 3 * s.H;
+  }
+}
+
+// cudnn forward step: gi [B,3H] or weight_ih [3H,N]+ids [B], gh [B,3H], hprev [B,H] -> out/h_n [B,H], ws [B,4H].
+template <typename scalar_t, bool kIds>
+void forward_cudnn_kernel(const FwdStep& s) {
+  const int64_t H = s.H;
+  const scalar_t* bi = cp<scalar_t>(s.b_ih);
+  const scalar_t* bh = cp<scalar_t>(s.b_hh);
+  at::parallel_for(0, s.B, row_grain(H), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      int64_t st;
+      const scalar_t* gi = gi_row<scalar_t, kIds>(s, b, st);
+      const scalar_t* gh = cp<scalar_t>(s.gh) + b * 3 * H;
+      const scalar_t* hprev = cp<scalar_t>(s.hprev) + b * H;
+      scalar_t* out = mp<scalar_t>(s.out) + b * H;
+      scalar_t* ws = mp<scalar_t>(s.ws) + b * 4 * H;
+      const bool keep = !s.reset[b];
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const scalar_t hp = keep ? hprev[j] : scalar_t(0);
+        const scalar_t gr = keep ? gh[j] : scalar_t(0);
+        const scalar_t gz = keep ? gh[H + j] : scalar_t(0);
+        const scalar_t gn = keep ? gh[2 * H + j] : scalar_t(0);
+        const scalar_t a_r = gi[j * st] + bi[j] + gr + bh[j];
+        const scalar_t a_z = gi[(H + j) * st] + bi[H + j] + gz + bh[H + j];
+        const scalar_t a_n = gi[(2 * H + j) * st] + bi[2 * H + j];
+        const scalar_t hn = gn + bh[2 * H + j];
+        scalar_t r, z, n, h;
+        cudnn_forward(a_r, a_z, a_n, hn, hp, r, z, n, h);
+        out[j] = h;
+        ws[j] = r;
+        ws[H + j] = z;
+        ws[2 * H + j] = n;
+        ws[3 * H + j] = hn;
+      }
+      if (s.h_n != nullptr) std::copy(out, out + H, mp<scalar_t>(s.h_n) + b * H);
+    }
+  });
+}
+
+// gru4rec gates step: gi as above, gh [B,2H] = h W_hh[:2H]^T -> ws [B,4H] r, z and r*h.
+template <typename scalar_t, bool kIds>
+void forward_gru4rec_gates_kernel(const FwdStep& s) {
+  const int64_t H = s.H;
+  const scalar_t* bi = cp<scalar_t>(s.b_ih);
+  const scalar_t* bh = cp<scalar_t>(s.b_hh);
+  at::parallel_for(0, s.B, row_grain(H), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      int64_t st;
+      const scalar_t* gi = gi_row<scalar_t, kIds>(s, b, st);
+      const scalar_t* gh = cp<scalar_t>(s.gh) + b * 2 * H;
+      const scalar_t* hprev = cp<scalar_t>(s.hprev) + b * H;
+      scalar_t* ws = mp<scalar_t>(s.ws) + b * 4 * H;
+      const bool keep = !s.reset[b];
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const scalar_t hp = keep ? hprev[j] : scalar_t(0);
+        const scalar_t gr = keep ? gh[j] : scalar_t(0);
+        const scalar_t gz = keep ? gh[H + j] : scalar_t(0);
+        const scalar_t a_r = gi[j * st] + bi[j] + gr + bh[j];
+        const scalar_t a_z = gi[(H + j) * st] + bi[H + j] + gz + bh[H + j];
+        scalar_t r, z, rh;
+        gru4rec_gates(a_r, a_z, hp, r, z, rh);
+        ws[j] = r;
+        ws[H + j] = z;
+        ws[3 * H + j] = rh;
+      }
+    }
+  });
+}
+
+// gru4rec candidate step: gi as above, gh [B,H] = (r*h) W_hh[2H:]^T, ws z -> out/h_n [B,H], ws c.
+template <typename scalar_t, bool kIds>
+void forward_gru4rec_cand_kernel(const FwdStep& s) {
+  const int64_t H = s.H;
+  const scalar_t* bi = cp<scalar_t>(s.b_ih);
+  const scalar_t* bh = cp<scalar_t>(s.b_hh);
+  at::parallel_for(0, s.B, row_grain(H), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      int64_t st;
+      const scalar_t* gi = gi_row<scalar_t, kIds>(s, b, st);
+      const scalar_t* gh = cp<scalar_t>(s.gh) + b * H;
+      const scalar_t* hprev = cp<scalar_t>(s.hprev) + b * H;
+      scalar_t* out = mp<scalar_t>(s.out) + b * H;
+      scalar_t* ws = mp<scalar_t>(s.ws) + b * 4 * H;
+      const bool keep = !s.reset[b];
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const scalar_t hp = keep ? hprev[j] : scalar_t(0);
+        const scalar_t a_c = gi[(2 * H + j) * st] + bi[2 * H + j] + gh[j] + bh[2 * H + j];
+        scalar_t c, h;
+        gru4rec_candidate(a_c, ws[H + j], hp, c, h);
+        out[j] = h;
+        ws[2 * H + j] = c;
+      }
+      if (s.h_n != nullptr) std::copy(out, out + H, mp<scalar_t>(s.h_n) + b * H);
+    }
+  });
+}
+
+// dL/dh' of row b, unit j: grad_out + (grad_h_n at the last step | carry unless step t+1 reset it).
+template <typename scalar_t>
+struct GradIn {
+  const scalar_t* go;
+  const scalar_t* extra;  // grad_h_n row or carry row
+  bool use_extra;
+  inline scalar_t operator()(int64_t j) const { return use_extra ? go[j] + extra[j] : go[j]; }
+};
+
+template <typename scalar_t>
+GradIn<scalar_t> grad_in(const BwdStep& s, int64_t b) {
+  const int64_t H = s.H;
+  GradIn<scalar_t> g;
+  g.go = cp<scalar_t>(s.grad_out) + b * H;
+  if (s.reset_next == nullptr) {
+    g.extra = s.grad_h_n != nullptr ? cp<scalar_t>(s.grad_h_n) + b * H : g.go;
+    g.use_extra = s.grad_h_n != nullptr;
+  } else {
+    g.extra = cp<scalar_t>(s.carry) + b * H;
+    g.use_extra = !s.reset_next[b];
+  }
+  return g;
+}
+
+// cudnn backward step: grad_out/carry [B,H], ws [B,4H], hprev [B,H] -> dgi, dgh [B,3H], hp, carry [B,H].
+template <typename scalar_t>
+void backward_cudnn_kernel(const BwdStep& s) {
+  const int64_t H = s.H;
+  at::parallel_for(0, s.B, row_grain(H), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const GradIn<scalar_t> gin = grad_in<scalar_t>(s, b);
+      const scalar_t* ws = cp<scalar_t>(s.ws) + b * 4 * H;
+      const scalar_t* hprev = cp<scalar_t>(s.hprev) + b * H;
+      scalar_t* carry = mp<scalar_t>(s.carry) + b * H;
+      scalar_t* dgi = mp<scalar_t>(s.dgi) + b * 3 * H;
+      scalar_t* dgh = mp<scalar_t>(s.dgh) + b * 3 * H;
+      scalar_t* hpo = mp<scalar_t>(s.hp) + b * H;
+      const bool keep = !s.reset[b];
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const scalar_t dh = gin(j);
+        const scalar_t hp = keep ? hprev[j] : scalar_t(0);
+        scalar_t da_r, da_z, da_n, dhn, dh_direct;
+        cudnn_backward(dh, ws[j], ws[H + j], ws[2 * H + j], ws[3 * H + j], hp, da_r, da_z, da_n,
+                       dhn, dh_direct);
+        dgi[j] = da_r;
+        dgi[H + j] = da_z;
+        dgi[2 * H + j] = da_n;
+        dgh[j] = da_r;
+        dgh[H + j] = da_z;
+        dgh[2 * H + j] = dhn;
+        hpo[j] = hp;
+        carry[j] = dh_direct;
+      }
+    }
+  });
+}
+
+// gru4rec backward, part 1: grad_out/carry, ws z, c, hprev -> dgi [B,3H] z and c blocks, hp, carry.
+template <typename scalar_t>
+void backward_gru4rec_cand_kernel(const BwdStep& s) {
+  const int64_t H = s.H;
+  at::parallel_for(0, s.B, row_grain(H), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const GradIn<scalar_t> gin = grad_in<scalar_t>(s, b);
+      const scalar_t* ws = cp<scalar_t>(s.ws) + b * 4 * H;
+      const scalar_t* hprev = cp<scalar_t>(s.hprev) + b * H;
+      scalar_t* carry = mp<scalar_t>(s.carry) + b * H;
+      scalar_t* dg = mp<scalar_t>(s.dgi) + b * 3 * H;
+      scalar_t* hpo = mp<scalar_t>(s.hp) + b * H;
+      const bool keep = !s.reset[b];
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const scalar_t dh = gin(j);
+        const scalar_t hp = keep ? hprev[j] : scalar_t(0);
+        scalar_t da_z, da_c, dh_direct;
+        gru4rec_backward_cand(dh, ws[H + j], ws[2 * H + j], hp, da_z, da_c, dh_direct);
+        dg[H + j] = da_z;
+        dg[2 * H + j] = da_c;
+        hpo[j] = hp;
+        carry[j] = dh_direct;
+      }
+    }
+  });
+}
+
+// gru4rec backward, part 2: drh [B,H] = da_c U_c, ws r, hp -> dgi [B,3H] r block, carry += drh * r.
+template <typename scalar_t>
+void backward_gru4rec_gates_kernel(const BwdStep& s) {
+  const int64_t H = s.H;
+  at::parallel_for(0, s.B, row_grain(H), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const scalar_t* drh = cp<scalar_t>(s.drh) + b * H;
+      const scalar_t* ws = cp<scalar_t>(s.ws) + b * 4 * H;
+      const scalar_t* hp = cp<scalar_t>(s.hp) + b * H;
+      scalar_t* carry = mp<scalar_t>(s.carry) + b * H;
+      scalar_t* dg = mp<scalar_t>(s.dgi) + b * 3 * H;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        scalar_t da_r, dh_rh;
+        gru4rec_backward_gates(drh[j], ws[j], hp[j], da_r, dh_rh);
+        dg[j] = da_r;
+        carry[j] += dh_rh;
+      }
+    }
+  });
+}
+
+template <template <typename, bool> class F>
+void dispatch_fwd(const FwdStep& s) {
+  AT_DISPATCH_FLOATING_TYPES(s.dtype, "session_gru_forward", [&] {
+    if (s.ids != nullptr) {
+      F<scalar_t, true>::run(s);
+    } else {
+      F<scalar_t, false>::run(s);
+    }
+  });
+}
+
+template <typename scalar_t, bool kIds>
+struct FwdCudnn { static void run(const FwdStep& s) { forward_cudnn_kernel<scalar_t, kIds>(s); } };
+template <typename scalar_t, bool kIds>
+struct FwdGates {
+  static void run(const FwdStep& s) { forward_gru4rec_gates_kernel<scalar_t, kIds>(s); }
+};
+template <typename scalar_t, bool kIds>
+struct FwdCand {
+  static void run(const FwdStep& s) { forward_gru4rec_cand_kernel<scalar_t, kIds>(s); }
+};
+
+struct CpuKernels {
+  static void forward_cudnn(const FwdStep& s) { dispatch_fwd<FwdCudnn>(s); }
+  static void forward_gru4rec_gates(const FwdStep& s) {
+    dispatch_fwd<FwdGates>(s);
+  }
+  static void forward_gru4rec_cand(const FwdStep& s) {
+    dispatch_fwd<FwdCand>(s);
+  }
+  static void backward_cudnn(const BwdStep& s) {
+    AT_DISPATCH_FLOATING_TYPES(s.dtype, "session_gru_backward",
+                               [&] { backward_cudnn_kernel<scalar_t>(s); });
+  }
+  static void backward_gru4rec_cand(const BwdStep& s) {
+    AT_DISPATCH_FLOATING_TYPES(s.dtype, "session_gru_backward",
+                               [&] { backward_gru4rec_cand_kernel<scalar_t>(s); });
+  }
+  static void backward_gru4rec_gates(const BwdStep& s) {
+    AT_DISPATCH_FLOATING_TYPES(s.dtype, "session_gru_backward",
+                               [&] { backward_gru4rec_gates_kernel<scalar_t>(s); });
+  }
+
+  // Zeroes the rows of x [B,H] where reset [B] is true.
+  static void zero_reset_rows(Tensor& x, const Tensor& reset) {
+    const bool* r = reset.const_data_ptr<bool>();
+    const int64_t B = x.size(0), H = x.size(1);
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "session_gru_backward", [&] {
+      scalar_t* p = x.mutable_data_ptr<scalar_t>();
+      for (int64_t b = 0; b < B; ++b) {
+        if (r[b]) std::fill(p + b * H, p + (b + 1) * H, scalar_t(0));
+      }
+    });
+  }
+
+  // Every id of ids (int64, contiguous) must be in [0, N).
+  static void check_ids(const Tensor& ids, int64_t N) {
+    const int64_t* p = ids.const_data_ptr<int64_t>();
+    const int64_t n = ids.numel();
+    for (int64_t i = 0; i < n; ++i) {
+      TORCH_CHECK(p[i] >= 0 && p[i] < N, "session_gru: input item id ", p[i], " at flat position ",
+                  i, " is out of range [0, ", N, ") (N = weight_ih.size(1))");
+    }
+  }
+
+  // dL/dweight_ih [3H,N] for id input: column ids[e] accumulates row e of dgi [E,3H].
+  static Tensor id_weight_grad(const Tensor& dgi, const Tensor& ids, int64_t N) {
+    const int64_t G = dgi.size(1), E = dgi.size(0);
+    Tensor grad = at::zeros({G, N}, dgi.options());
+    const int64_t* id = ids.const_data_ptr<int64_t>();
+    AT_DISPATCH_FLOATING_TYPES(dgi.scalar_type(), "session_gru_backward", [&] {
+      const scalar_t* src = dgi.const_data_ptr<scalar_t>();
+      scalar_t* dst = grad.mutable_data_ptr<scalar_t>();
+      // Parallel over the 3H rows of the gradient: each row is written by one thread only.
+      at::parallel_for(0, G, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, E)),
+                       [&](int64_t g0, int64_t g1) {
+                         for (int64_t g = g0; g < g1; ++g) {
+                           scalar_t* row = dst + g * N;
+                           for (int64_t e = 0; e < E; ++e) row[id[e]] += src[e * G + g];
+                         }
+                       });
+    });
+    return grad;
+  }
+};
+
+std::tuple<Tensor, Tensor, Tensor> forward_cpu(const Tensor& input, const Tensor& reset,
+                                               const Tensor& h0, const Tensor& weight_ih,
+                                               const Tensor& weight_hh,
+                                               const std::optional<Tensor>& bias_ih,
+                                               const std::optional<Tensor>& bias_hh,
+                                               int64_t variant) {
+  return session_gru_forward_impl<CpuKernels>(input, reset, h0, weight_ih, weight_hh, bias_ih,
+                                              bias_hh, variant);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_cpu(
+    const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input, const Tensor& reset,
+    const Tensor& h0, const Tensor& weight_ih, const Tensor& weight_hh,
+    const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh,
+    const Tensor& output, const Tensor& workspace, int64_t variant) {
+  return session_gru_backward_impl<CpuKernels>(grad_output, grad_h_n, input, reset, h0, weight_ih,
+                                               weight_hh, bias_ih, bias_hh, output, workspace,
+                                               variant);
+}
+
+}  // namespace
+}  // namespace gru4rec
+
+TORCH_LIBRARY_IMPL(gru4rec, CPU, m) {
+  m.impl("session_gru_forward", &gru4rec::forward_cpu);
+  m.impl("session_gru_backward", &gru4rec::backward_cpu);
+}

@@ -1,0 +1,342 @@
+// CUDA kernels of gru4rec::session_gru_forward/backward: one fused elementwise kernel per step
+// (one thread per (row, unit), grid-stride), float accumulation for bf16; products via ATen (cuBLAS).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "gru_math.h"
+#include "session_gru.h"
+
+namespace gru4rec {
+namespace {
+
+constexpr int kThreads = 256;
+
+int64_t num_blocks(int64_t n) {
+  return std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t(1) << 16);
+}
+
+template <typename scalar_t>
+__device__ __forceinline__ const scalar_t* cp(const void* p) {
+  return static_cast<const scalar_t*>(p);
+}
+template <typename scalar_t>
+__device__ __forceinline__ scalar_t* mp(void* p) { return static_cast<scalar_t*>(p); }
+
+// Input part of row b: dense rows [B,3H] (stride 1), or column ids[b] of weight_ih [3H,N] (stride N).
+template <typename scalar_t, bool kIds>
+__device__ __forceinline__ const scalar_t* gi_row(const FwdStep& s, int64_t b, int64_t& stride) {
+  if constexpr (kIds) {
+    const int64_t id = s.ids[b];
+    CUDA_KERNEL_ASSERT(id >= 0 && id < s.n_items && "session_gru: input item id out of range");
+    stride = s.n_items;
+    return cp<scalar_t>(s.gi) + id;
+  } else {
+    stride = 1;
+    return cp<scalar_t>(s.gi) + b * 3 * s.H;
+  }
+}
+
+#define GRID_STRIDE_LOOP(i, n)                                                        \
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
+       i += static_cast<int64_t>(blockDim.x) * gridDim.x)
+
+// cudnn forward step: gi [B,3H] or weight_ih [3H,N]+ids [B], gh [B,3H], hprev [B,H] -> out/h_n [B,H], ws [B,4H].
+template <typename scalar_t, bool kIds>
+__global__ void forward_cudnn_kernel(FwdStep s) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t H = s.H;
+  const scalar_t* bi = cp<scalar_t>(s.b_ih);
+  const scalar_t* bh = cp<scalar_t>(s.b_hh);
+  GRID_STRIDE_LOOP(i, s.B * H) {
+    const int64_t b = i / H, j = i - b * H;
+    int64_t st;
+    const scalar_t* gi = gi_row<scalar_t, kIds>(s, b, st);
+    const scalar_t* gh = cp<scalar_t>(s.gh) + b * 3 * H;
+    const bool keep = !s.reset[b];
+    const acc_t hp = keep ? acc_t(cp<scalar_t>(s.hprev)[i]) : acc_t(0);
+    const acc_t gr = keep ? acc_t(gh[j]) : acc_t(0);
+    const acc_t gz = keep ? acc_t(gh[H + j]) : acc_t(0);
+    const acc_t gn = keep ? acc_t(gh[2 * H + j]) : acc_t(0);
+    const acc_t a_r = acc_t(gi[j * st]) + acc_t(bi[j]) + gr + acc_t(bh[j]);
+    const acc_t a_z = acc_t(gi[(H + j) * st]) + acc_t(bi[H + j]) + gz + acc_t(bh[H + j]);
+    const acc_t a_n = acc_t(gi[(2 * H + j) * st]) + acc_t(bi[2 * H + j]);
+    const acc_t hn = gn + acc_t(bh[2 * H + j]);
+    acc_t r, z, n, h;
+    cudnn_forward(a_r, a_z, a_n, hn, hp, r, z, n, h);
+    mp<scalar_t>(s.out)[i] = scalar_t(h);
+    if (s.h_n != nullptr) mp<scalar_t>(s.h_n)[i] = scalar_t(h);
+    scalar_t* ws = mp<scalar_t>(s.ws) + b * 4 * H;
+    ws[j] = scalar_t(r);
+    ws[H + j] = scalar_t(z);
+    ws[2 * H + j] = scalar_t(n);
+    ws[3 * H + j] = scalar_t(hn);
+  }
+}
+
+// gru4rec gates step: gi as above, gh [B,2H] = h W_hh[:2H]^T, hprev [B,H] -> ws [B,4H] r, z and r*h.
+template <typename scalar_t, bool kIds>
+__global__ void forward_gru4rec_gates_kernel(FwdStep s) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t H = s.H;
+  const scalar_t* bi = cp<scalar_t>(s.b_ih);
+  const scalar_t* bh = cp<scalar_t>(s.b_hh);
+  GRID_STRIDE_LOOP(i, s.B * H) {
+    const int64_t b = i / H, j = i - b * H;
+    int64_t st;
+    const scalar_t* gi = gi_row<scalar_t, kIds>(s, b, st);
+    const scalar_t* gh = cp<scalar_t>(s.gh) + b * 2 * H;
+    const bool keep = !s.reset[b];
+    const acc_t hp = keep ? acc_t(cp<scalar_t>(s.hprev)[i]) : acc_t(0);
+    const acc_t gr = keep ? acc_t(gh[j]) : acc_t(0);
+    const acc_t gz = keep ? acc_t(gh[H + j]) : acc_t(0);
+    const acc_t a_r = acc_t(gi[j * st]) + acc_t(bi[j]) + gr + acc_t(bh[j]);
+    const acc_t a_z = acc_t(gi[(H + j) * st]) + acc_t(bi[H + j]) + gz + acc_t(bh[H + j]);
+    acc_t r, z, rh;
+    gru4rec_gates(a_r, a_z, hp, r, z, rh);
+    scalar_t* ws = mp<scalar_t>(s.ws) + b * 4 * H;
+    ws[j] = scalar_t(r);
+    ws[H + j] = scalar_t(z);
+    ws[3 * H + j] = scalar_t(rh);
+  }
+}
+
+// gru4rec candidate step: gi as above, gh [B,H] = (r*h) W_hh[2H:]^T, ws z -> out/h_n [B,H], ws c.
+template <typename scalar_t, bool kIds>
+__global__ void forward_gru4rec_cand_kernel(FwdStep s) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t H = s.H;
+  const scalar_t* bi = cp<scalar_t>(s.b_ih);
+  const scalar_t* bh = cp<scalar_t>(s.b_hh);
+  GRID_STRIDE_LOOP(i, s.B * H) {
+    const int64_t b = i / H, j = i - b * H;
+    int64_t st;
+    const scalar_t* gi = gi_row<scalar_t, kIds>(s, b, st);
+    const bool keep = !s.reset[b];
+    const acc_t hp = keep ? acc_t(cp<scalar_t>(s.hprev)[i]) : acc_t(0);
+    const acc_t a_c = acc_t(gi[(2 * H + j) * st]) + acc_t(bi[2 * H + j]) +
+                      acc_t(cp<scalar_t>(s.gh)[i]) + acc_t(bh[2 * H + j]);
+    scalar_t* ws = mp<scalar_t>(s.ws) + b * 4 * H;
+    acc_t c, h;
+    gru4rec_candidate(a_c, acc_t(ws[H + j]), hp, c, h);
+    mp<scalar_t>(s.out)[i] = scalar_t(h);
+    if (s.h_n != nullptr) mp<scalar_t>(s.h_n)[i] = scalar_t(h);
+    ws[2 * H + j] = scalar_t(c);
+  }
+}
+
+// dL/dh' of element i = (b, j): grad_out + (grad_h_n at the last step | carry unless step t+1 reset b).
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ acc_t grad_in(const BwdStep& s, int64_t i, int64_t b) {
+  acc_t dh = acc_t(cp<scalar_t>(s.grad_out)[i]);
+  if (s.reset_next == nullptr) {
+    if (s.grad_h_n != nullptr) dh += acc_t(cp<scalar_t>(s.grad_h_n)[i]);
+  } else if (!s.reset_next[b]) {
+    dh += acc_t(cp<scalar_t>(s.carry)[i]);
+  }
+  return dh;
+}
+
+// cudnn backward step: grad_out/carry [B,H], ws [B,4H], hprev [B,H] -> dgi, dgh [B,3H], hp, carry [B,H].
+template <typename scalar_t>
+__global__ void backward_cudnn_kernel(BwdStep s) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t H = s.H;
+  GRID_STRIDE_LOOP(i, s.B * H) {
+    const int64_t b = i / H, j = i - b * H;
+    const acc_t dh = grad_in<scalar_t, acc_t>(s, i, b);
+    const acc_t hp = !s.reset[b] ? acc_t(cp<scalar_t>(s.hprev)[i]) : acc_t(0);
+    const scalar_t* ws = cp<scalar_t>(s.ws) + b * 4 * H;
+    acc_t da_r, da_z, da_n, dhn, dh_direct;
+    cudnn_backward(dh, acc_t(ws[j]), acc_t(ws[H + j]), acc_t(ws[2 * H + j]), acc_t(ws[3 * H + j]),
+                   hp, da_r, da_z, da_n, dhn, dh_direct);
+    scalar_t* dgi = mp<scalar_t>(s.dgi) + b * 3 * H;
+    scalar_t* dgh = mp<scalar_t>(s.dgh) + b * 3 * H;
+    dgi[j] = scalar_t(da_r);
+    dgi[H + j] = scalar_t(da_z);
+    dgi[2 * H + j] = scalar_t(da_n);
+    dgh[j] = scalar_t(da_r);
+    dgh[H + j] = scalar_t(da_z);
+    dgh[2 * H + j] = scalar_t(dhn);
+    mp<scalar_t>(s.hp)[i] = scalar_t(hp);
+    mp<scalar_t>(s.carry)[i] = scalar_t(dh_direct);
+  }
+}
+
+// gru4rec backward, part 1: grad_out/carry, ws z, c, hprev -> dgi [B,3H] z and c blocks, hp, carry.
+template <typename scalar_t>
+__global__ void backward_gru4rec_cand_kernel(BwdStep s) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t H = s.H;
+  GRID_STRIDE_LOOP(i, s.B * H) {
+    const int64_t b = i / H, j = i - b * H;
+    const acc_t dh = grad_in<scalar_t, acc_t>(s, i, b);
+    const acc_t hp = !s.reset[b] ? acc_t(cp<scalar_t>(s.hprev)[i]) : acc_t(0);
+    const scalar_t* ws = cp<scalar_t>(s.ws) + b * 4 * H;
+    acc_t da_z, da_c, dh_direct;
+    gru4rec_backward_cand(dh, acc_t(ws[H + j]), acc_t(ws[2 * H + j]), hp, da_z, da_c, dh_direct);
+    scalar_t* dg = mp<scalar_t>(s.dgi) + b * 3 * H;
+    dg[H + j] = scalar_t(da_z);
+    dg[2 * H + j] = scalar_t(da_c);
+    mp<scalar_t>(s.hp)[i] = scalar_t(hp);
+    mp<scalar_t>(s.carry)[i] = scalar_t(dh_direct);
+  }
+}
+
+// gru4rec backward, part 2: drh [B,H] = da_c U_c, ws r, hp [B,H] -> dgi [B,3H] r block, carry += drh * r.
+template <typename scalar_t>
+__global__ void backward_gru4rec_gates_kernel(BwdStep s) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t H = s.H;
+  GRID_STRIDE_LOOP(i, s.B * H) {
+    const int64_t b = i / H, j = i - b * H;
+    acc_t da_r, dh_rh;
+    gru4rec_backward_gates(acc_t(cp<scalar_t>(s.drh)[i]), acc_t(cp<scalar_t>(s.ws)[b * 4 * H + j]),
+                           acc_t(cp<scalar_t>(s.hp)[i]), da_r, dh_rh);
+    mp<scalar_t>(s.dgi)[b * 3 * H + j] = scalar_t(da_r);
+    scalar_t* carry = mp<scalar_t>(s.carry);
+    carry[i] = scalar_t(acc_t(carry[i]) + dh_rh);
+  }
+}
+
+// Zeroes the rows of x [B,H] (contiguous) where reset [B] is true.
+template <typename scalar_t>
+__global__ void zero_reset_rows_kernel(scalar_t* x, const bool* reset, int64_t B, int64_t H) {
+  GRID_STRIDE_LOOP(i, B * H) {
+    if (reset[i / H]) x[i] = scalar_t(0);
+  }
+}
+
+#define GRU4REC_DISPATCH(TYPE, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, TYPE, "session_gru_cuda", __VA_ARGS__)
+
+template <template <typename, bool> class F>
+void launch_fwd(const FwdStep& s) {
+  const int64_t n = s.B * s.H;
+  if (n == 0) return;
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  GRU4REC_DISPATCH(s.dtype, [&] {
+    if (s.ids != nullptr) {
+      F<scalar_t, true>::launch(s, num_blocks(n), stream);
+    } else {
+      F<scalar_t, false>::launch(s, num_blocks(n), stream);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+template <typename scalar_t, bool kIds>
+struct FwdCudnn {
+  static void launch(const FwdStep& s, int64_t blocks, cudaStream_t st) {
+    forward_cudnn_kernel<scalar_t, kIds><<<blocks, kThreads, 0, st>>>(s);
+  }
+};
+template <typename scalar_t, bool kIds>
+struct FwdGates {
+  static void launch(const FwdStep& s, int64_t blocks, cudaStream_t st) {
+    forward_gru4rec_gates_kernel<scalar_t, kIds><<<blocks, kThreads, 0, st>>>(s);
+  }
+};
+template <typename scalar_t, bool kIds>
+struct FwdCand {
+  static void launch(const FwdStep& s, int64_t blocks, cudaStream_t st) {
+    forward_gru4rec_cand_kernel<scalar_t, kIds><<<blocks, kThreads, 0, st>>>(s);
+  }
+};
+
+struct CudaKernels {
+  static void forward_cudnn(const FwdStep& s) { launch_fwd<FwdCudnn>(s); }
+  static void forward_gru4rec_gates(const FwdStep& s) { launch_fwd<FwdGates>(s); }
+  static void forward_gru4rec_cand(const FwdStep& s) { launch_fwd<FwdCand>(s); }
+
+  static void backward_cudnn(const BwdStep& s) {
+    const int64_t n = s.B * s.H;
+    if (n == 0) return;
+    GRU4REC_DISPATCH(s.dtype, [&] {
+      backward_cudnn_kernel<scalar_t>
+          <<<num_blocks(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(s);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  static void backward_gru4rec_cand(const BwdStep& s) {
+    const int64_t n = s.B * s.H;
+    if (n == 0) return;
+    GRU4REC_DISPATCH(s.dtype, [&] {
+      backward_gru4rec_cand_kernel<scalar_t>
+          <<<num_blocks(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(s);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  static void backward_gru4rec_gates(const BwdStep& s) {
+    const int64_t n = s.B * s.H;
+    if (n == 0) return;
+    GRU4REC_DISPATCH(s.dtype, [&] {
+      backward_gru4rec_gates_kernel<scalar_t>
+          <<<num_blocks(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(s);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+
+  static void zero_reset_rows(Tensor& x, const Tensor& reset) {
+    const int64_t B = x.size(0), H = x.size(1);
+    if (B * H == 0) return;
+    GRU4REC_DISPATCH(x.scalar_type(), [&] {
+      zero_reset_rows_kernel<scalar_t>
+          <<<num_blocks(B * H), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+              x.mutable_data_ptr<scalar_t>(), reset.const_data_ptr<bool>(), B, H);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+
+  // Ids must be in [0, N): checked on the host with one sync (aminmax) unless a CUDA graph is
+  // being captured, where syncing is not allowed; the kernels assert it on the device always.
+  static void check_ids(const Tensor& ids, int64_t N) {
+    if (ids.numel() == 0) return;
+    if (c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) return;
+    const auto [lo, hi] = at::aminmax(ids);
+    const int64_t lo_v = lo.item<int64_t>(), hi_v = hi.item<int64_t>();
+    TORCH_CHECK(lo_v >= 0 && hi_v < N, "session_gru: input item ids must be in [0, ", N,
+                ") (N = weight_ih.size(1)), got ids from ", lo_v, " to ", hi_v);
+  }
+
+  // dL/dweight_ih [3H,N] for id input: column ids[e] accumulates row e of dgi [E,3H] (atomics).
+  static Tensor id_weight_grad(const Tensor& dgi, const Tensor& ids, int64_t N) {
+    Tensor grad = at::zeros({dgi.size(1), N}, dgi.options());
+    grad.index_add_(1, ids, dgi.t());
+    return grad;
+  }
+};
+
+std::tuple<Tensor, Tensor, Tensor> forward_cuda(const Tensor& input, const Tensor& reset,
+                                                const Tensor& h0, const Tensor& weight_ih,
+                                                const Tensor& weight_hh,
+                                                const std::optional<Tensor>& bias_ih,
+                                                const std::optional<Tensor>& bias_hh,
+                                                int64_t variant) {
+  const c10::cuda::CUDAGuard guard(weight_hh.device());
+  return session_gru_forward_impl<CudaKernels>(input, reset, h0, weight_ih, weight_hh, bias_ih,
+                                               bias_hh, variant);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_cuda(
+    const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input, const Tensor& reset,
+    const Tensor& h0, const Tensor& weight_ih, const Tensor& weight_hh,
+    const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh,
+    const Tensor& output, const Tensor& workspace, int64_t variant) {
+  const c10::cuda::CUDAGuard guard(weight_hh.device());
+  return session_gru_backward_impl<CudaKernels>(grad_output, grad_h_n, input, reset, h0,
+                                                weight_ih, weight_hh, bias_ih, bias_hh, output,
+                                                workspace, variant);
+}
+
+}  // namespace
+}  // namespace gru4rec
+
+TORCH_LIBRARY_IMPL(gru4rec, CUDA, m) {
+  m.impl("session_gru_forward", &gru4rec::forward_cuda);
+  m.impl("session_gru_backward", &gru4rec::backward_cuda);
+}
