@@ -93,9 +93,6 @@ LOSS_HD acc_t activate_grad(acc_t x, acc_t r, int64_t activation, acc_t alpha) {
   return acc_t(1);
 }
 
-// Whether the loss is one of the ranking losses whose row has no term without negatives.
-LOSS_HD bool needs_negatives(int64_t loss) { return loss != kCrossEntropy; }
-
 }  // namespace loss_math
 }  // namespace gru4rec
 

@@ -1,0 +1,285 @@
+// CUDA kernels of gru4rec::sampled_loss_forward/backward: the score GEMM and the backward GEMMs go
+// through ATen (cuBLAS); the fused per-row pass is one block per row with block reductions.
+// float, double and bfloat16 (float accumulation); everything on the current stream, no host sync.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <limits>
+
+#include "loss_math.h"
+
+namespace gru4rec {
+namespace {
+
+namespace lm = loss_math;
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kMaxVals = 4;  // most values one block reduction carries
+
+// Block-wide reduction (max when kMax, else sum) of NV values held by every thread; every thread
+// gets the results back in vals. partials: shared [kWarps * kMaxVals], results: shared [kMaxVals].
+template <bool kMax, int NV, typename acc_t>
+__device__ __forceinline__ void block_reduce(acc_t (&vals)[NV], acc_t* partials, acc_t* results) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const acc_t identity = kMax ? -std::numeric_limits<acc_t>::infinity() : acc_t(0);
+#pragma unroll
+  for (int k = 0; k < NV; ++k) {
+    acc_t x = vals[k];
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+      const acc_t y = __shfl_xor_sync(0xffffffffu, x, off);
+      x = kMax ? lm::max_of(x, y) : x + y;
+    }
+    if (lane == 0) partials[warp * kMaxVals + k] = x;
+  }
+  __syncthreads();
+  if (warp == 0) {
+#pragma unroll
+    for (int k = 0; k < NV; ++k) {
+      acc_t x = lane < kWarps ? partials[lane * kMaxVals + k] : identity;
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) {
+        const acc_t y = __shfl_xor_sync(0xffffffffu, x, off);
+        x = kMax ? lm::max_of(x, y) : x + y;
+      }
+      if (lane == 0) results[k] = x;
+    }
+  }
+  __syncthreads();
+#pragma unroll
+  for (int k = 0; k < NV; ++k) vals[k] = results[k];
+}
+
+// The fused row pass, one block per row b: S [B,C] raw scores in, dL/dS (times scale = 1/B) out
+// in place; cand [C] int64; log_q [C] or null (cross-entropy with logq > 0 only); valid [B] or
+// null; row_loss [B] (accumulation type, times scale). Activated scores are recomputed from S in
+// every pass (S stays in L1/L2), so no scratch memory is needed.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    sampled_loss_row_kernel(scalar_t* __restrict__ S, const int64_t* __restrict__ cand,
+                            const scalar_t* __restrict__ log_q, const bool* __restrict__ valid,
+                            acc_t* __restrict__ row_loss, int64_t C, lm::LossParams<acc_t> p) {
+  __shared__ acc_t partials[kWarps * kMaxVals];
+  __shared__ acc_t results[kMaxVals];
+  const int64_t b = blockIdx.x;
+  scalar_t* row = S + b * C;
+  const int tid = threadIdx.x;
+
+  auto zero_row = [&]() {
+    for (int64_t j = tid; j < C; j += kThreads) row[j] = scalar_t(0);
+    if (tid == 0) row_loss[b] = acc_t(0);
+  };
+  if (valid != nullptr && !valid[b]) {
+    zero_row();
+    return;
+  }
+  const int64_t target = cand[b];
+  auto act = [&](acc_t x) { return lm::activate(x, p.activation, p.elu_alpha); };
+  auto is_neg = [&](int64_t j) { return j != b && !(p.mask_hits && cand[j] == target); };
+  auto write = [&](int64_t j, acc_t x, acc_t r, acc_t g) {
+    row[j] = static_cast<scalar_t>(g * lm::activate_grad(x, r, p.activation, p.elu_alpha) * p.scale);
+  };
+  const acc_t ri = act(static_cast<acc_t>(row[b]));
+  const acc_t ninf = -std::numeric_limits<acc_t>::infinity();
+
+  if (p.loss == lm::kCrossEntropy) {
+    // z_j = r_j - logq log q_j over the positive and the negatives; L = lse(z) - z_i.
+    auto shift = [&](int64_t j) { return log_q ? p.logq * static_cast<acc_t>(log_q[j]) : acc_t(0); };
+    const acc_t zi = ri - shift(b);
+    acc_t mx[1] = {ninf};
+    for (int64_t j = tid; j < C; j += kThreads)
+      if (j == b || is_neg(j)) mx[0] = lm::max_of(mx[0], act(static_cast<acc_t>(row[j])) - shift(j));
+    block_reduce<true>(mx, partials, results);
+    const acc_t m = mx[0];
+    acc_t sum[1] = {acc_t(0)};
+    for (int64_t j = tid; j < C; j += kThreads)
+      if (j == b || is_neg(j)) sum[0] += std::exp(act(static_cast<acc_t>(row[j])) - shift(j) - m);
+    block_reduce<false>(sum, partials, results);
+    const acc_t invZ = acc_t(1) / sum[0];
+    for (int64_t j = tid; j < C; j += kThreads) {
+      const acc_t x = static_cast<acc_t>(row[j]), r = act(x);
+      acc_t g = (j == b || is_neg(j)) ? std::exp(r - shift(j) - m) * invZ : acc_t(0);
+      if (j == b) g -= acc_t(1);
+      write(j, x, r, g);
+    }
+    if (tid == 0) row_loss[b] = (m + std::log(sum[0]) - zi) * p.scale;
+    return;
+  }
+
+  if (p.loss == lm::kBPR || p.loss == lm::kTop1) {
+    // BPR: -(1/N_s) sum_j log sigmoid(r_i - r_j); TOP1: (1/N_s) sum_j sigmoid(r_j - r_i) + sigmoid(r_j^2).
+    const bool bpr = p.loss == lm::kBPR;
+    acc_t acc[3] = {acc_t(0), acc_t(0), acc_t(0)};  // sum of terms, -dL/dr_i * N_s, N_s
+    for (int64_t j = tid; j < C; j += kThreads) {
+      if (!is_neg(j)) continue;
+      const acc_t r = act(static_cast<acc_t>(row[j])), d = r - ri;
+      if (bpr) {
+        acc[0] -= lm::log_sigmoid(-d);
+        acc[1] += lm::sigmoid(d);
+      } else {
+        acc[0] += lm::sigmoid(d) + lm::sigmoid(r * r);
+        acc[1] += lm::sigmoid_grad(d);
+      }
+      acc[2] += acc_t(1);
+    }
+    block_reduce<false>(acc, partials, results);
+    if (acc[2] <= acc_t(0)) {
+      zero_row();
+      return;
+    }
+    const acc_t inv = acc_t(1) / acc[2];
+    for (int64_t j = tid; j < C; j += kThreads) {
+      const acc_t x = static_cast<acc_t>(row[j]), r = act(x);
+      acc_t g = acc_t(0);
+      if (j == b) {
+        g = -acc[1] * inv;
+      } else if (is_neg(j)) {
+        const acc_t d = r - ri;
+        g = bpr ? lm::sigmoid(d) : lm::sigmoid_grad(d) + acc_t(2) * r * lm::sigmoid_grad(r * r);
+        g *= inv;
+      }
+      write(j, x, r, g);
+    }
+    if (tid == 0) row_loss[b] = acc[0] * inv * p.scale;
+    return;
+  }
+
+  // BPR-max and TOP1-max: softmax over the negatives, s_j = exp(r_j - m) / Z.
+  // BPR-max also needs v_j = r_j + log sigmoid(r_i - r_j): log sum_j s_j sigmoid(r_i - r_j)
+  // = lse(v) - lse(r) over the negatives (see csrc/cpu/sampled_loss_cpu.cpp for the gradients).
+  const bool bprmax = p.loss == lm::kBPRMax;
+  acc_t mx[2] = {ninf, ninf};  // max r_j, max v_j over the negatives
+  for (int64_t j = tid; j < C; j += kThreads) {
+    if (!is_neg(j)) continue;
+    const acc_t r = act(static_cast<acc_t>(row[j]));
+    mx[0] = lm::max_of(mx[0], r);
+    if (bprmax) mx[1] = lm::max_of(mx[1], r + lm::log_sigmoid(ri - r));
+  }
+  block_reduce<true>(mx, partials, results);
+  if (mx[0] == ninf) {  // no negatives
+    zero_row();
+    return;
+  }
+  const acc_t m = mx[0], mv = mx[1];
+  // BPR-max: {Z, sum e_j r_j^2, sum exp(v_j - mv), sum exp(v_j - mv) sigmoid(r_j - r_i)}
+  // TOP1-max: {Z, sum e_j g_j, sum e_j sigmoid'(r_j - r_i), unused}
+  acc_t acc[4] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
+  for (int64_t j = tid; j < C; j += kThreads) {
+    if (!is_neg(j)) continue;
+    const acc_t r = act(static_cast<acc_t>(row[j]));
+    const acc_t e = std::exp(r - m);
+    acc[0] += e;
+    if (bprmax) {
+      const acc_t w = std::exp(r + lm::log_sigmoid(ri - r) - mv);
+      acc[1] += e * r * r;
+      acc[2] += w;
+      acc[3] += w * lm::sigmoid(r - ri);
+    } else {
+      const acc_t d = r - ri;
+      acc[1] += e * (lm::sigmoid(d) + lm::sigmoid(r * r));
+      acc[2] += e * lm::sigmoid_grad(d);
+    }
+  }
+  block_reduce<false>(acc, partials, results);
+  const acc_t invZ = acc_t(1) / acc[0];
+  if (bprmax) {
+    const acc_t lse = mv + std::log(acc[2]) - (m + std::log(acc[0]));
+    const acc_t leps = lm::log_bprmax_eps<acc_t>();
+    const acc_t rho = lm::sigmoid(lse - leps);
+    const acc_t R = acc[1] * invZ, inv_sv = acc_t(1) / acc[2];
+    for (int64_t j = tid; j < C; j += kThreads) {
+      const acc_t x = static_cast<acc_t>(row[j]), r = act(x);
+      acc_t g = acc_t(0);
+      if (j == b) {
+        g = -rho * acc[3] * inv_sv;
+      } else if (is_neg(j)) {
+        const acc_t sk = std::exp(r - m) * invZ;
+        const acc_t wk = std::exp(r + lm::log_sigmoid(ri - r) - mv) * inv_sv;
+        g = -rho * (wk * lm::sigmoid(ri - r) - sk) + p.bpreg * sk * (acc_t(2) * r + r * r - R);
+      }
+      write(j, x, r, g);
+    }
+    if (tid == 0) row_loss[b] = (-lm::log_add_exp(lse, leps) + p.bpreg * R) * p.scale;
+  } else {
+    const acc_t G = acc[1] * invZ;
+    for (int64_t j = tid; j < C; j += kThreads) {
+      const acc_t x = static_cast<acc_t>(row[j]), r = act(x);
+      acc_t g = acc_t(0);
+      if (j == b) {
+        g = -acc[2] * invZ;
+      } else if (is_neg(j)) {
+        const acc_t d = r - ri;
+        const acc_t gt = lm::sigmoid(d) + lm::sigmoid(r * r);
+        g = std::exp(r - m) * invZ *
+            (gt - G + lm::sigmoid_grad(d) + acc_t(2) * r * lm::sigmoid_grad(r * r));
+      }
+      write(j, x, r, g);
+    }
+    if (tid == 0) row_loss[b] = G * p.scale;
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> sampled_loss_forward_cuda(
+    const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& bias,
+    const at::Tensor& candidates, const std::optional<at::Tensor>& log_q,
+    const std::optional<at::Tensor>& valid, int64_t loss, int64_t activation, double elu_alpha,
+    double bpreg, double logq, bool mask_hits) {
+  const SampledLossDims d = check_sampled_loss_args(hidden, weight, bias, candidates, log_q, valid,
+                                                    loss, activation, logq, /*check_ids=*/true);
+  const auto dtype = hidden.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16,
+              "sampled_loss (CUDA): hidden must be float32, float64 or bfloat16, got ", dtype);
+  const c10::cuda::CUDAGuard guard(hidden.device());
+  const at::Tensor h = hidden.contiguous();
+  at::Tensor workspace = sampled_loss_scores(h, weight, bias, candidates, d);
+  at::Tensor scores = workspace_grad_scores(workspace, d);
+  const at::Tensor cand = candidates.contiguous();
+  const bool use_logq = loss == lm::kCrossEntropy && logq > 0;
+  const at::Tensor lq = use_logq ? log_q->contiguous() : at::Tensor();
+  const at::Tensor vd = (valid.has_value() && valid->defined()) ? valid->contiguous() : at::Tensor();
+  const auto acc_dtype = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor row_loss = at::empty({d.B}, hidden.options().dtype(acc_dtype));
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dtype, "sampled_loss_forward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const lm::LossParams<acc_t> p{loss,
+                                  activation,
+                                  static_cast<acc_t>(elu_alpha),
+                                  static_cast<acc_t>(bpreg),
+                                  static_cast<acc_t>(logq),
+                                  mask_hits,
+                                  static_cast<acc_t>(1.0 / static_cast<double>(d.B))};
+    sampled_loss_row_kernel<scalar_t, acc_t><<<static_cast<unsigned>(d.B), kThreads, 0, stream>>>(
+        scores.data_ptr<scalar_t>(), cand.data_ptr<int64_t>(),
+        use_logq ? lq.data_ptr<scalar_t>() : nullptr, vd.defined() ? vd.data_ptr<bool>() : nullptr,
+        row_loss.data_ptr<acc_t>(), d.C, p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  at::Tensor total = row_loss.sum();
+  return {dtype == acc_dtype ? total : total.to(dtype), workspace};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sampled_loss_backward_cuda(
+    const at::Tensor& grad_loss, const at::Tensor& hidden, const at::Tensor& weight,
+    const at::Tensor& bias, const at::Tensor& candidates, const std::optional<at::Tensor>& log_q,
+    const std::optional<at::Tensor>& valid, int64_t loss, int64_t activation, double elu_alpha,
+    double bpreg, double logq, bool mask_hits, const at::Tensor& workspace) {
+  const c10::cuda::CUDAGuard guard(hidden.device());
+  return sampled_loss_backward_common(grad_loss, hidden, weight, bias, candidates, log_q, valid,
+                                      loss, activation, elu_alpha, bpreg, logq, mask_hits,
+                                      workspace);
+}
+
+}  // namespace
+}  // namespace gru4rec
+
+TORCH_LIBRARY_IMPL(gru4rec, CUDA, m) {
+  m.impl("sampled_loss_forward", &gru4rec::sampled_loss_forward_cuda);
+  m.impl("sampled_loss_backward", &gru4rec::sampled_loss_backward_cuda);
+}
