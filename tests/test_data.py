@@ -254,3 +254,79 @@ def test_shipped_rsc15_sessions():
     # sessions ordered by start time
     starts = test.times[test.offsets[:-1]]
     assert np.all(np.diff(starts) >= 0)
+
+
+# ---------------------------------------------------------------------------------------------- preprocessing
+
+from gru4rec_ext.preprocess import preprocess_diginetica, preprocess_yoochoose  # noqa: E402
+
+DIGINETICA_SAMPLE = os.path.join(ROOT, "data", "diginetica_sample", "train-item-views.csv.xz")
+BASE = pd.Timestamp("2014-04-01T00:00:00Z")
+H, D = 3600, 86400
+# (session, seconds after BASE, item); see test_preprocess_yoochoose_synthetic for what survives
+CLICKS = [
+    (1, 0, 1), (1, 60, 2), (1, 120, 3),
+    (2, H, 2), (2, H + 60, 1),
+    (3, 2 * H, 3), (3, 2 * H + 60, 1), (3, 2 * H + 120, 2),
+    (4, 3 * H, 4), (4, 3 * H + 60, 1),                 # item 4 has 4 events: dropped, then s4 too short
+    (5, 4 * H, 1),                                     # length 1
+    (6, 5 * H, 4), (6, 5 * H + 60, 4), (6, 5 * H + 120, 4),
+    (11, 6 * H, 2), (11, 6 * H + 60, 3),
+    (12, 7 * H, 3), (12, 7 * H + 60, 2), (12, 7 * H + 90, 1),
+    (14, D + 5 * H, 1), (14, D + 5 * H + 60, 3),
+    (7, 2 * D + H, 1), (7, 2 * D + H + 60, 2),
+    (8, 2 * D + 2 * H, 3), (8, 2 * D + 2 * H + 60, 5),  # item 5 never in train: s8 left with 1 event
+    (9, 2 * D + 3 * H, 5), (9, 2 * D + 3 * H + 10, 5), (9, 2 * D + 3 * H + 20, 5),
+    (9, 2 * D + 3 * H + 30, 5), (9, 2 * D + 3 * H + 40, 5),
+    (10, 2 * D - 100, 1), (10, 2 * D + 10, 3),          # ends in the last day: test
+    (13, 3 * D, 2), (13, 3 * D - 30, 1),
+]
+
+
+def test_preprocess_yoochoose_synthetic(tmp_path):
+    lines = [f"{s},{(BASE + pd.Timedelta(seconds=t)).strftime('%Y-%m-%dT%H:%M:%S.%f')[:-3]}Z,{i},0"
+             for s, t, i in CLICKS]
+    clicks = write_text(tmp_path / "clicks.dat", "\n".join(lines) + "\n")
+    counts = preprocess_yoochoose(clicks, tmp_path / "out")
+    sessions = {}
+    for name in ("train_full", "test", "train_tr", "train_valid"):
+        df = read_events(tmp_path / "out" / f"{name}.tsv")
+        sessions[name] = sorted(df["SessionId"].unique().tolist())
+        assert counts[name] == {"events": len(df), "sessions": df["SessionId"].nunique(),
+                                "items": df["ItemId"].nunique()}
+    assert sessions["train_full"] == [1, 2, 3, 11, 12, 14]
+    assert sessions["test"] == [7, 10, 13]
+    assert sessions["train_tr"] == [1, 2, 3]
+    assert sessions["train_valid"] == [11, 12, 14]
+    assert counts["train_full"]["events"] == 15 and counts["test"]["events"] == 6
+    test = read_events(tmp_path / "out" / "test.tsv")
+    s13 = test[test["SessionId"] == 13]
+    assert s13["ItemId"].tolist() == [1, 2]  # sorted by time
+    assert s13["Time"].tolist() == pytest.approx([(BASE.timestamp() + 3 * D - 30), BASE.timestamp() + 3 * D])
+
+
+def test_preprocess_diginetica_sample(tmp_path):
+    counts = preprocess_diginetica(DIGINETICA_SAMPLE, tmp_path)
+    parts = {name: read_events(tmp_path / f"{name}.tsv") for name in counts}
+    for name, df in parts.items():
+        assert counts[name]["events"] == len(df) > 0
+        assert df.groupby("SessionId").size().min() >= 2
+    train, test = parts["train_full"], parts["test"]
+    assert set(test["ItemId"]) <= set(train["ItemId"])
+    assert set(parts["train_valid"]["ItemId"]) <= set(parts["train_tr"]["ItemId"])
+    assert set(parts["train_tr"]["SessionId"]) | set(parts["train_valid"]["SessionId"]) <= set(train["SessionId"])
+    # split by session start: every test session starts after every train session's start cut
+    raw = pd.read_csv(DIGINETICA_SAMPLE, sep=";")
+    day = (pd.to_datetime(raw["eventdate"], utc=True) - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+    t = (day + raw["timeframe"] / 1000).round(3)
+    assert train["Time"].round(3).isin(t).all() and test["Time"].round(3).isin(t).all()
+    cut = max(train["Time"].max(), test["Time"].max()) - 7 * 86400
+    assert (test.groupby("SessionId")["Time"].min() >= cut).all()
+    assert (train.groupby("SessionId")["Time"].min() < cut).all()
+
+
+def test_preprocess_missing_file(tmp_path):
+    with pytest.raises(DataError, match="nope.csv.*no such file"):
+        preprocess_diginetica(tmp_path / "nope.csv", tmp_path)
+    with pytest.raises(DataError, match="nope.dat.*no such file"):
+        preprocess_yoochoose(tmp_path / "nope.dat", tmp_path)

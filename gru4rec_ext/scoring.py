@@ -1,0 +1,181 @@
+"""Scores against ALL items, in column chunks so memory stays bounded for millions of items.
+
+score of item j for row b: r_bj = act(hidden_b . weight_j + bias_j) (SPEC section 4), with
+act one of "linear", "tanh", "elu" (alpha = elu_alpha).
+
+`target_ranks` gives the rank of each row's target item under the three tie modes of SPEC
+section 6; `top_k` the k best items per row. Both visit the items in chunks of `chunk_size`
+columns (automatic when None: about `DEFAULT_MEMORY_BUDGET` bytes of scores per chunk).
+
+The target's score is always read from the same score matrix the other items' scores come from
+(never recomputed by a separate dot product, whose rounding can differ by an ulp and would move
+the rank by one, or break ties). With more than one chunk this takes two passes over the chunks:
+the first reads the target scores, the second counts; both compute bit-identical chunks (same
+operands, same shapes).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+ACTIVATIONS = ("linear", "tanh", "elu")
+TIE_MODES = ("standard", "conservative", "median")
+DEFAULT_MEMORY_BUDGET = 256 * 2 ** 20  # bytes of score chunk (plus comparison temporaries)
+
+
+def _check_activation(activation: str) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
+
+
+def _check_operands(hidden, weight, bias) -> None:
+    for name, t in (("hidden", hidden), ("weight", weight), ("bias", bias)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if hidden.dim() != 2:
+        raise ValueError(f"hidden: expected [B, H], got shape {tuple(hidden.shape)}")
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[1]:
+        raise ValueError(f"weight: expected [N, {hidden.shape[1]}], got shape {tuple(weight.shape)}")
+    if bias.dim() != 1 or bias.shape[0] != weight.shape[0]:
+        raise ValueError(f"bias: expected [{weight.shape[0]}], got shape {tuple(bias.shape)}")
+    if not (hidden.device == weight.device == bias.device):
+        raise ValueError(f"hidden, weight, bias: must be on one device, got {hidden.device}, "
+                         f"{weight.device}, {bias.device}")
+    if not (hidden.dtype == weight.dtype == bias.dtype) or not hidden.dtype.is_floating_point:
+        raise TypeError(f"hidden, weight, bias: must share one floating dtype, got {hidden.dtype}, "
+                        f"{weight.dtype}, {bias.dtype}")
+
+
+def _activate(scores: torch.Tensor, activation: str, elu_alpha: float) -> torch.Tensor:
+    if activation == "tanh":
+        return torch.tanh_(scores)
+    if activation == "elu":
+        return F.elu_(scores, alpha=elu_alpha)
+    return scores
+
+
+def _chunk_scores(hidden, weight, bias, start, stop, activation, elu_alpha):
+    """[B, stop-start] scores of items start..stop-1."""
+    chunk = torch.addmm(bias[start:stop], hidden, weight[start:stop].t())
+    return _activate(chunk, activation, elu_alpha)
+
+
+def auto_chunk_size(n_rows: int, n_items: int, element_size: int = 4,
+                    memory_budget: int = DEFAULT_MEMORY_BUDGET) -> int:
+    """Columns per chunk so that a [n_rows, chunk] score block and its temporaries fit the budget."""
+    per_column = max(1, n_rows) * (element_size + 3)  # scores + two bool comparison masks + slack
+    return int(max(1, min(n_items, memory_budget // per_column)))
+
+
+def _resolve_chunk(chunk_size, hidden, weight) -> int:
+    n = weight.shape[0]
+    if chunk_size is None:
+        return auto_chunk_size(hidden.shape[0], n, hidden.element_size())
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size: expected a positive int or None, got {chunk_size!r}")
+    return min(chunk_size, max(n, 1))
+
+
+def score_items(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                activation: str = "linear", elu_alpha: float = 1.0) -> torch.Tensor:
+    """[B, N] scores of every item for every row: act(hidden @ weight.T + bias). Not chunked."""
+    _check_activation(activation)
+    _check_operands(hidden, weight, bias)
+    return _chunk_scores(hidden, weight, bias, 0, weight.shape[0], activation, elu_alpha)
+
+
+@torch.no_grad()
+def target_ranks(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                 targets: torch.Tensor, *, activation: str = "linear", elu_alpha: float = 1.0,
+                 chunk_size: int | None = None) -> dict:
+    """Rank of each row's target among ALL N items, for the three tie modes (SPEC section 6).
+
+    Returns {"standard": 1 + #(s > t), "conservative": #(s >= t),
+    "median": 1 + #(s > t) + (#(s == t) - 1) / 2}, each a float64 tensor [B] on hidden's device,
+    where t is the target's score. Counts include the target itself (so #(s >= t) >= 1).
+    """
+    _check_activation(activation)
+    _check_operands(hidden, weight, bias)
+    if not isinstance(targets, torch.Tensor) or targets.dim() != 1 or targets.shape[0] != hidden.shape[0]:
+        raise ValueError(f"targets: expected an int tensor [{hidden.shape[0]}]")
+    if targets.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"targets: expected int64 item indices, got {targets.dtype}")
+    n = weight.shape[0]
+    targets = targets.to(device=hidden.device, dtype=torch.int64)
+    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= n):
+        raise ValueError(f"targets: item indices must be in [0, {n})")
+    chunk = _resolve_chunk(chunk_size, hidden, weight)
+    B = hidden.shape[0]
+    bounds = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
+
+    if len(bounds) == 1:
+        scores = _chunk_scores(hidden, weight, bias, 0, n, activation, elu_alpha)
+        t = scores.gather(1, targets[:, None])
+        greater = (scores > t).sum(1, dtype=torch.int32)
+        equal = (scores == t).sum(1, dtype=torch.int32)
+    else:
+        t = torch.empty(B, 1, dtype=hidden.dtype, device=hidden.device)
+        for start, stop in bounds:  # pass 1: the targets' scores, from the chunks themselves
+            scores = _chunk_scores(hidden, weight, bias, start, stop, activation, elu_alpha)
+            inside = (targets >= start) & (targets < stop)
+            local = (targets - start).clamp(0, stop - start - 1)
+            t = torch.where(inside[:, None], scores.gather(1, local[:, None]), t)
+        greater = torch.zeros(B, dtype=torch.int64, device=hidden.device)
+        equal = torch.zeros(B, dtype=torch.int64, device=hidden.device)
+        for start, stop in bounds:  # pass 2: count
+            scores = _chunk_scores(hidden, weight, bias, start, stop, activation, elu_alpha)
+            greater += (scores > t).sum(1, dtype=torch.int32)
+            equal += (scores == t).sum(1, dtype=torch.int32)
+    greater = greater.to(torch.float64)
+    equal = equal.to(torch.float64)
+    return {"standard": 1.0 + greater, "conservative": greater + equal,
+            "median": 1.0 + greater + (equal - 1.0) / 2.0}
+
+
+@torch.no_grad()
+def top_k(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, k: int, *,
+          activation: str = "linear", elu_alpha: float = 1.0, exclude=None,
+          chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best items per row: (scores [B, k], indices int64 [B, k]), best first.
+
+    exclude: items that must not be recommended: an int tensor [E] (the same items for every row)
+    or [B, E] (per row; entries < 0 are padding). Excluded items score -inf; if fewer than k items
+    are left, the last entries of a row are excluded ones with score -inf.
+    """
+    _check_activation(activation)
+    _check_operands(hidden, weight, bias)
+    n, B = weight.shape[0], hidden.shape[0]
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+        raise ValueError(f"k: expected an int in [1, {n}], got {k!r}")
+    if exclude is not None:
+        exclude = torch.as_tensor(exclude, device=hidden.device)
+        if exclude.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise TypeError(f"exclude: expected integer item indices, got {exclude.dtype}")
+        exclude = exclude.to(torch.int64)
+        if exclude.dim() == 1:
+            exclude = exclude[None, :].expand(B, -1)
+        if exclude.dim() != 2 or exclude.shape[0] != B:
+            raise ValueError(f"exclude: expected [E] or [{B}, E], got shape {tuple(exclude.shape)}")
+        if exclude.numel() and int(exclude.max()) >= n:
+            raise ValueError(f"exclude: item indices must be < {n}")
+    chunk = _resolve_chunk(chunk_size, hidden, weight)
+    best_s = best_i = None
+    rows = torch.arange(B, device=hidden.device)[:, None]
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        scores = _chunk_scores(hidden, weight, bias, start, stop, activation, elu_alpha)
+        if exclude is not None and exclude.numel():
+            local = exclude - start
+            hit = (local >= 0) & (local < stop - start)
+            if bool(hit.any()):
+                scores[rows.expand_as(local)[hit], local[hit]] = float("-inf")
+        s, i = scores.topk(min(k, stop - start), dim=1)
+        i = i + start
+        if best_s is None:
+            best_s, best_i = s, i
+        else:
+            merged_s = torch.cat([best_s, s], dim=1)
+            merged_i = torch.cat([best_i, i], dim=1)
+            best_s, pos = merged_s.topk(min(k, merged_s.shape[1]), dim=1)
+            best_i = merged_i.gather(1, pos)
+    return best_s, best_i
