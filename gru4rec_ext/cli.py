@@ -249,6 +249,8 @@ def _add_eval_opts(p):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gru4rec", description="GRU4Rec session-based recommendations")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's choice; 1 is often fastest on a busy machine)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model (and evaluate it with --test)")
@@ -320,6 +322,12 @@ def main(argv=None) -> int:
         from .data import DataError
     except ImportError:  # pragma: no cover - the data module is part of the package
         DataError = ValueError
+    if args.threads is not None:
+        if args.threads < 1:
+            sys.stderr.write(f"gru4rec: error: --threads must be >= 1, got {args.threads}\n")
+            return 2
+        import torch
+        torch.set_num_threads(args.threads)
     try:
         return args.func(args)
     except (CLIError, DataError, FileNotFoundError, ValueError, NotImplementedError) as exc:

@@ -212,13 +212,19 @@ class Trainer:
         full = sched.valid.all(dim=1).tolist()  # host side, once per epoch: steps with no masked row
         return sched.to(self.device), full
 
-    def run_epoch(self, epoch: int) -> dict:
-        """Train one epoch (0-based `epoch`); returns {"epoch", "loss", "events_per_s", "seconds", "steps"}."""
+    def run_epoch(self, epoch: int, max_steps: int | None = None) -> dict:
+        """Train one epoch (0-based `epoch`), or its first `max_steps` steps (benchmarks).
+
+        Returns {"epoch", "loss", "events_per_s", "seconds", "steps", "events"}; events are the
+        valid training pairs of the steps run, loss the mean batch loss.
+        """
         from tqdm.auto import tqdm
         model, opt, sampler = self.model, self.optimizer, self.sampler
         t0 = time.perf_counter()
         sched, full = self._schedule(epoch)
-        n_steps = sched.inputs.shape[0]
+        n_steps = sched.inputs.shape[0] if max_steps is None else min(int(max_steps), sched.inputs.shape[0])
+        n_events = sched.n_pairs if n_steps == sched.inputs.shape[0] else int(sum(
+            self.batch_size if full[s] else int(sched.valid[s].sum()) for s in range(n_steps)))
         hidden = model.init_hidden(self.batch_size, self.device)
         loss_sum = torch.zeros((), device=self.device)
         window = torch.zeros((), device=self.device)
@@ -253,7 +259,8 @@ class Trainer:
         bar.close()
         seconds = time.perf_counter() - t0
         result = {"epoch": epoch + 1, "loss": float(loss_sum) / max(n_steps, 1),
-                  "events_per_s": sched.n_pairs / max(seconds, 1e-9), "seconds": seconds, "steps": n_steps}
+                  "events_per_s": n_events / max(seconds, 1e-9), "seconds": seconds, "steps": n_steps,
+                  "events": n_events}
         logger.info("epoch %d/%d: loss %.4f, %.0f events/s, %.1f s", epoch + 1, self.n_epochs, result["loss"],
                     result["events_per_s"], seconds)
         return result
