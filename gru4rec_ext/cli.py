@@ -111,7 +111,7 @@ TRAIN_KEYS = ("n_epochs", "batch_size", "n_sample", "sample_alpha", "loss", "bpr
 
 
 def _cutoffs_and_ties(args):
-    ties = TIE_MODES if args.eval_type == "all" else (args.eval_type,)
+    ties = TIE_MODES if "all" in args.eval_type else tuple(m for m in TIE_MODES if m in args.eval_type)
     return tuple(sorted(set(args.measure))), ties
 
 
@@ -122,7 +122,7 @@ def _read_sessions(path, args, item_map=None, fit=False, test=False):
     df = read_events(path, args.session_key, args.item_key, args.time_key)
     if fit:
         item_map = ItemMap.fit(df[args.item_key] if args.item_key in df.columns else df["ItemId"])
-    data = SessionData.from_events(df, item_map, drop_unknown=test)
+    data = SessionData.from_events(df, item_map, drop_unknown=test, name=os.fspath(path))
     return data, item_map
 
 
@@ -153,7 +153,7 @@ def cmd_train(args) -> int:
         raise CLIError("--resume needs --save-model or --checkpoint-dir (where the checkpoints are)")
     cutoffs, ties = _cutoffs_and_ties(args)
     summary = train(model, train_data, **{k: cfg[k] for k in TRAIN_KEYS}, seed=args.seed, device=device,
-                    progress=not args.quiet, eval_data=test_data, checkpoint_dir=ckpt_dir, resume=args.resume,
+                    progress=not (args.quiet or args.no_progress), eval_data=test_data, checkpoint_dir=ckpt_dir, resume=args.resume,
                     log_json=args.json, item_map=item_map, config=cfg, cutoffs=cutoffs, tie_modes=ties)
     if args.save_model:
         save_checkpoint(args.save_model, model, None, cfg, item_map, cfg["n_epochs"],
@@ -176,7 +176,7 @@ def cmd_evaluate(args) -> int:
     data, _ = _read_sessions(args.test, args, item_map=item_map, test=True)
     cutoffs, ties = _cutoffs_and_ties(args)
     metrics = evaluate(model, data, batch_size=args.batch_size, cutoffs=cutoffs, tie_modes=ties, device=device,
-                       progress=not args.quiet)
+                       progress=not (args.quiet or args.no_progress))
     _emit(format_metrics(metrics))
     if args.json:
         with open(args.json, "w") as f:
@@ -243,12 +243,14 @@ def _add_data_keys(p):
 
 def _add_eval_opts(p):
     p.add_argument("-m", "--measure", type=int, nargs="+", default=[1, 5, 10, 20], help="cutoffs (default 1 5 10 20)")
-    p.add_argument("-e", "--eval-type", choices=TIE_MODES + ("all",), default="standard", help="tie handling")
+    p.add_argument("-e", "--eval-type", nargs="+", choices=TIE_MODES + ("all",), default=["standard"],
+                   help="tie handling of the ranks (one or more, or all)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gru4rec", description="GRU4Rec session-based recommendations")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs stay)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: torch's choice; 1 is often fastest on a busy machine)")
     sub = parser.add_subparsers(dest="command", required=True)

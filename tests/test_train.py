@@ -163,3 +163,31 @@ def test_log_json(small, tmp_path):
     train(_model(item_map.n_items), train_data, n_epochs=1, eval_data=test_data, log_json=str(out), seed=0, **TRAIN_KW)
     log = json.loads(out.read_text())
     assert log["epochs"][0]["events_per_s"] > 0 and "recall@20" in log["metrics"]["standard"]
+
+
+CUDA = torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not CUDA or not ext.has_kernel("sparse_adagrad_", "CUDA"), reason="no CUDA device or kernel")
+@pytest.mark.parametrize("mu", [0.0, 0.3])
+def test_sparse_update_cuda_equals_cpu(mu):
+    torch.manual_seed(0)
+    n, d, m = 500, 33, 3000  # many duplicates
+    p, acc, mom = torch.randn(n, d), torch.rand(n, d), torch.randn(n, d)
+    idx, rows = torch.randint(0, n, (m,)), torch.randn(m, d)
+    cpu = [t.clone() for t in (p, acc, mom)]
+    sparse_adagrad_update_(*cpu, torch.zeros(n, d), idx, rows, 0.1, mu, use_kernel=False)
+    gpu = [t.cuda() for t in (p, acc, mom)]
+    sparse_adagrad_update_(*gpu, torch.zeros(n, d, device="cuda"), idx.cuda(), rows.cuda(), 0.1, mu, use_kernel=True)
+    for a, b in zip(cpu, gpu):
+        assert torch.allclose(a, b.cpu(), atol=1e-5)
+
+
+@pytest.mark.skipif(not CUDA, reason="no CUDA device")
+def test_training_on_cuda_improves_recall(small):
+    from gru4rec_ext.evaluate import evaluate
+    train_data, test_data, item_map = small
+    model = _model(item_map.n_items).cuda()
+    before = evaluate(model.eval(), test_data, progress=False)["standard"]["recall@20"]
+    summary = train(model, train_data, n_epochs=2, eval_data=test_data, seed=1, device="cuda", **TRAIN_KW)
+    assert summary["metrics"]["standard"]["recall@20"] > before + 0.05

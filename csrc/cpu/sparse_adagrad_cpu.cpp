@@ -1,12 +1,15 @@
 // CPU kernel of gru4rec::sparse_adagrad_: duplicates of an index are summed (in index order of
 // appearance), then each touched row's acc, mom and param are updated once.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-math-errno")  // lets the row loops vectorise sqrt (no errno on sqrt of >= 0)
+#endif
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
-#include <numeric>
+#include <utility>
 #include <vector>
 
 #include "sparse_adagrad.h"
@@ -23,13 +26,15 @@ void sparse_adagrad_rows(scalar_t* param, scalar_t* acc, scalar_t* mom, const in
     TORCH_CHECK(idx[i] >= 0 && idx[i] < N, "sparse_adagrad_: indices[", i, "] = ", idx[i],
                 " is out of range [0, ", N, ")");
   }
-  std::vector<int64_t> order(M);
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return idx[a] < idx[b]; });
-  std::vector<int64_t> starts;
+  // (index, position) pairs sorted: runs of equal indices, positions ascending within a run.
+  std::vector<std::pair<int64_t, int64_t>> keyed(M);
+  for (int64_t i = 0; i < M; ++i) keyed[i] = {idx[i], i};
+  std::sort(keyed.begin(), keyed.end());
+  std::vector<int64_t> order(M), starts;
   starts.reserve(M + 1);
   for (int64_t i = 0; i < M; ++i) {
-    if (i == 0 || idx[order[i]] != idx[order[i - 1]]) starts.push_back(i);
+    order[i] = keyed[i].second;
+    if (i == 0 || keyed[i].first != keyed[i - 1].first) starts.push_back(i);
   }
   starts.push_back(M);
   const int64_t G = static_cast<int64_t>(starts.size()) - 1;
@@ -37,24 +42,29 @@ void sparse_adagrad_rows(scalar_t* param, scalar_t* acc, scalar_t* mom, const in
     std::vector<scalar_t> g(D);
     for (int64_t gi = begin; gi < end; ++gi) {
       const int64_t row = idx[order[starts[gi]]];
-      std::fill(g.begin(), g.end(), scalar_t(0));
-      for (int64_t j = starts[gi]; j < starts[gi + 1]; ++j) {
-        const scalar_t* src = rows + order[j] * D;
-        for (int64_t d = 0; d < D; ++d) g[d] += src[d];
+      const scalar_t* gsum = rows + order[starts[gi]] * D;  // a row touched once: its gradient as is
+      if (starts[gi + 1] - starts[gi] > 1) {
+        std::fill(g.begin(), g.end(), scalar_t(0));
+        for (int64_t j = starts[gi]; j < starts[gi + 1]; ++j) {
+          const scalar_t* src = rows + order[j] * D;
+          for (int64_t d = 0; d < D; ++d) g[d] += src[d];
+        }
+        gsum = g.data();
       }
-      scalar_t* p = param + row * D;
-      scalar_t* a = acc + row * D;
+      const scalar_t* __restrict__ gr = gsum;
+      scalar_t* __restrict__ p = param + row * D;
+      scalar_t* __restrict__ a = acc + row * D;
       if (momentum > 0) {
-        scalar_t* v = mom + row * D;
+        scalar_t* __restrict__ v = mom + row * D;
         for (int64_t d = 0; d < D; ++d) {
-          a[d] += g[d] * g[d];
-          v[d] = momentum * v[d] - lr * g[d] / std::sqrt(a[d] + eps);
+          a[d] += gr[d] * gr[d];
+          v[d] = momentum * v[d] - lr * gr[d] / std::sqrt(a[d] + eps);
           p[d] += v[d];
         }
       } else {
         for (int64_t d = 0; d < D; ++d) {
-          a[d] += g[d] * g[d];
-          p[d] -= lr * g[d] / std::sqrt(a[d] + eps);
+          a[d] += gr[d] * gr[d];
+          p[d] -= lr * gr[d] / std::sqrt(a[d] + eps);
         }
       }
     }
