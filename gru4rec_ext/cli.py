@@ -121,7 +121,7 @@ def _read_sessions(path, args, item_map=None, fit=False, test=False):
         raise CLIError(f"{path}: no such file")
     df = read_events(path, args.session_key, args.item_key, args.time_key)
     if fit:
-        item_map = ItemMap.fit(df[args.item_key] if args.item_key in df.columns else df["ItemId"])
+        item_map = ItemMap.fit(df["ItemId"])  # read_events renames the key columns to SessionId, ItemId, Time
     data = SessionData.from_events(df, item_map, drop_unknown=test, name=os.fspath(path))
     return data, item_map
 
@@ -215,9 +215,9 @@ def cmd_recommend(args) -> int:
         raise CLIError(f"{args.events}: no such file")
     df = read_events(args.events, args.session_key, args.item_key, args.time_key)
     rec = SessionRecommender(model, k=args.k, max_sessions=args.max_sessions)
-    sk, ik = args.session_key, args.item_key
-    _emit(f"{sk}\t{ik}\trecommendations")
-    sessions, items = df[sk].tolist(), df[ik].tolist()
+    df = df.sort_values("Time", kind="stable")  # replay in time order
+    _emit(f"{args.session_key}\t{args.item_key}\trecommendations")
+    sessions, items = df["SessionId"].tolist(), df["ItemId"].tolist()
     for start in range(0, len(items), args.batch_size):
         labels, _ = rec.update(sessions[start:start + args.batch_size], items[start:start + args.batch_size])
         for s, i, lab in zip(sessions[start:], items[start:], labels):

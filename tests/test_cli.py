@@ -90,3 +90,15 @@ def test_data_error_passes_through(tmp_path, capsys):
     assert main(["-q", "train", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "ItemId" in err or "column" in err
+
+
+def test_custom_column_names(files, tmp_path, capsys):
+    import pandas as pd
+    train, test, _ = files
+    df = pd.read_csv(train, sep="\t").rename(columns={"SessionId": "sid", "ItemId": "iid", "Time": "ts"})
+    path = write_tsv(df, tmp_path / "renamed.tsv")
+    model = str(tmp_path / "k.pt")
+    keys = ["--session-key", "sid", "--item-key", "iid", "--time-key", "ts"]
+    assert main(["-q", "train", path, "--params", SMALL, "--save-model", model] + keys) == 0
+    assert main(["-q", "recommend", model, "--events", path, "-k", "2"] + keys) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "sid\tiid\trecommendations"
