@@ -44,10 +44,38 @@ void check_sparse_adagrad_args(const at::Tensor& param, const at::Tensor& acc, c
   TORCH_CHECK(eps > 0, "sparse_adagrad_: eps must be > 0, got ", eps);
 }
 
+void check_dense_adagrad_args(const at::TensorList params, const at::TensorList accs, const at::TensorList moms,
+                              const at::TensorList grads, double lr, double momentum, double eps) {
+  const size_t n = params.size();
+  TORCH_CHECK(accs.size() == n && grads.size() == n && (momentum <= 0 || moms.size() == n),
+              "dense_adagrad_: params, accs, grads (and moms when momentum > 0) must be lists of the same length, "
+              "got ", n, ", ", accs.size(), ", ", grads.size(), ", ", moms.size());
+  for (size_t i = 0; i < n; ++i) {
+    const auto& p = params[i];
+    TORCH_CHECK(at::isFloatingType(p.scalar_type()), "dense_adagrad_: params[", i, "] must be floating");
+    std::vector<const at::Tensor*> others = {&accs[i], &grads[i]};
+    if (momentum > 0) others.push_back(&moms[i]);
+    for (const auto* t : others) {
+      TORCH_CHECK(t->sizes() == p.sizes() && t->scalar_type() == p.scalar_type() && t->device() == p.device(),
+                  "dense_adagrad_: accs/moms/grads[", i, "] must match params[", i, "] (", p.sizes(), ", ",
+                  p.scalar_type(), ", ", p.device(), ")");
+    }
+    TORCH_CHECK(p.is_contiguous() && accs[i].is_contiguous() && grads[i].is_contiguous() &&
+                    (momentum <= 0 || moms[i].is_contiguous()),
+                "dense_adagrad_: tensors [", i, "] must be contiguous");
+  }
+  TORCH_CHECK(lr > 0, "dense_adagrad_: lr must be > 0, got ", lr);
+  TORCH_CHECK(momentum >= 0 && momentum < 1, "dense_adagrad_: momentum must be in [0, 1), got ", momentum);
+  TORCH_CHECK(eps > 0, "dense_adagrad_: eps must be > 0, got ", eps);
+}
+
 }  // namespace gru4rec
 
 TORCH_LIBRARY_FRAGMENT(gru4rec, m) {
   // In place on param, acc and mom (mom is ignored, and may be empty, when momentum == 0).
   m.def("sparse_adagrad_(Tensor(a!) param, Tensor(b!) acc, Tensor(c!) mom, Tensor indices, Tensor rows, "
+        "float lr, float momentum, float eps) -> ()");
+  // The dense update of a list of parameters in one call (moms ignored, may be [], when momentum == 0).
+  m.def("dense_adagrad_(Tensor(a!)[] params, Tensor(b!)[] accs, Tensor(c!)[] moms, Tensor[] grads, "
         "float lr, float momentum, float eps) -> ()");
 }

@@ -9,4 +9,7 @@ void check_sparse_adagrad_args(const at::Tensor& param, const at::Tensor& acc, c
                                const at::Tensor& indices, const at::Tensor& rows, double lr,
                                double momentum, double eps);
 
+void check_dense_adagrad_args(const at::TensorList params, const at::TensorList accs, const at::TensorList moms,
+                              const at::TensorList grads, double lr, double momentum, double eps);
+
 }  // namespace gru4rec

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _extension
+from .reference import variant_code
 
 logger = logging.getLogger("gru4rec_ext")
 
@@ -139,6 +140,7 @@ class GRU4Rec(nn.Module):
         self.variant = variant
         first = variant or ("gru4rec" if self.input_mode == "onehot" else "cudnn")
         self.variants = tuple([first] + [variant or "cudnn"] * (len(layers) - 1))
+        self._variant_codes = tuple(variant_code(v) for v in self.variants)  # the ops' int codes
         self.backend_request = backend
         self.backend = resolve_backend(backend)
         self._gru = gru_function(self.backend)

@@ -17,8 +17,19 @@ from . import _extension
 EPS = 1e-6
 
 
-def dense_adagrad_update_(params, grads, accs, moms, lr: float, momentum: float, eps: float = EPS):
-    """In-place dense update of lists of tensors (foreach ops). `moms` is ignored when momentum 0."""
+def dense_adagrad_update_(params, grads, accs, moms, lr: float, momentum: float, eps: float = EPS,
+                          use_kernel: bool | None = None):
+    """In-place dense update of lists of tensors. `moms` is ignored when momentum 0.
+
+    On the CPU the compiled `gru4rec::dense_adagrad_` (one fused pass per tensor) when built
+    (use_kernel None: when available); otherwise, and on CUDA, torch's foreach ops.
+    """
+    if use_kernel is None:
+        use_kernel = params[0].device.type == "cpu" and _extension.has_kernel("dense_adagrad_", "CPU")
+    if use_kernel:
+        torch.ops.gru4rec.dense_adagrad_(list(params), list(accs), list(moms) if momentum > 0 else [],
+                                         [g.contiguous() for g in grads], float(lr), float(momentum), float(eps))
+        return
     torch._foreach_addcmul_(accs, grads, grads)
     std = torch._foreach_add(accs, eps)
     torch._foreach_sqrt_(std)
@@ -73,7 +84,8 @@ class AdagradM:
         dense: {name: parameter} updated with full gradients (`step_dense`).
         sparse: {name: parameter} updated on touched rows only (`step_sparse`).
         lr, momentum, eps: SPEC section 5.
-        sparse_kernel: use the compiled sparse update (None: when built for the device).
+        sparse_kernel: use the compiled updates (None: when built for the device; False: the
+            PyTorch versions, for the sparse and the dense update alike).
     """
 
     def __init__(self, dense: dict, sparse: dict, lr: float, momentum: float = 0.0, eps: float = EPS,
@@ -94,6 +106,7 @@ class AdagradM:
         self._scratch = {n: torch.zeros_like(p) for n, p in self.sparse.items()}
         self._dense_names = list(self.dense)
         self.sparse_kernel = sparse_kernel
+        self.dense_kernel = None if sparse_kernel is not False else False
 
     @torch.no_grad()
     def step_dense(self, grads) -> None:
@@ -105,10 +118,14 @@ class AdagradM:
         if not grads:
             return
         names = self._dense_names
+        if self.dense_kernel is None:  # decided once, on the first update
+            p0 = self.dense[names[0]]
+            self.dense_kernel = (self.sparse_kernel is not False and p0.device.type == "cpu"
+                                 and _extension.has_kernel("dense_adagrad_", "CPU"))
         dense_adagrad_update_([self.dense[n] for n in names], list(grads),
                               [self.acc[n] for n in names],
                               [self.mom[n] for n in names] if self.momentum > 0 else None,
-                              self.lr, self.momentum, self.eps)
+                              self.lr, self.momentum, self.eps, self.dense_kernel)
 
     @torch.no_grad()
     def step_sparse(self, name: str, indices: torch.Tensor, rows: torch.Tensor) -> None:

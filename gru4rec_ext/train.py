@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from . import _extension
 from .model import GRU4Rec
 from .optim import AdagradM
 from .sampling import PopularitySampler
@@ -57,9 +58,10 @@ class OutputLoss:
 
     def _kernels(self, hidden, targets, samples, valid, log_q):
         m = self.model
-        state = self._fwd(hidden, m.Wy.detach(), m.By.detach(), targets, samples, log_q=log_q, valid=valid,
-                          **self.opts)
-        grad_hidden, candidates, grad_w, grad_b = self._bwd(state)
+        with torch._C._AutoDispatchBelowAutograd():  # no gradient is tracked: skip the ops' autograd wrappers
+            state = self._fwd(hidden, m.Wy.detach(), m.By.detach(), targets, samples, log_q=log_q, valid=valid,
+                              **self.opts)
+            grad_hidden, candidates, grad_w, grad_b = self._bwd(state)
         return state.loss, grad_hidden, candidates, grad_w, grad_b
 
     def _reference(self, hidden, targets, samples, valid, log_q):
@@ -75,36 +77,106 @@ class OutputLoss:
         return loss.detach(), grad_hidden, candidates, grad_w, grad_b
 
 
+def _dropout_mask(like: torch.Tensor, p: float) -> torch.Tensor:
+    """The mask `model.dropout` would draw (same RNG use): (u >= p) / (1 - p)."""
+    return torch.rand_like(like).ge_(p).mul_(1.0 / (1.0 - p))
+
+
+def _gru_kernels_forward(model: GRU4Rec, x, reset, hidden):
+    """Training forward through the GRU layers with the compiled ops called directly (no autograd).
+
+    Returns (top [B,H], new hidden [L,B,H], saved) where `saved` is what `_gru_kernels_backward`
+    needs. Dropout as in `GRU4Rec.hidden_forward` (same masks for the same RNG state).
+    """
+    mask_e = None
+    if model.dropout_p_embed > 0 and x.is_floating_point():
+        mask_e = _dropout_mask(x, model.dropout_p_embed)
+        x = x * mask_e
+    reset1 = reset.unsqueeze(0)
+    layers, outs = [], []
+    fwd = torch.ops.gru4rec.session_gru_forward.default
+    with torch._C._AutoDispatchBelowAutograd():
+        for i in range(len(model.layers)):
+            w = (model.gru_weight("weight_ih", i).detach(), model.gru_weight("weight_hh", i).detach(),
+                 model.gru_weight("bias_ih", i).detach(), model.gru_weight("bias_hh", i).detach())
+            inp = x.unsqueeze(0)
+            out, _, workspace = fwd(inp, reset1, hidden[i], *w, model._variant_codes[i])
+            y = out[0]
+            mask = None
+            if model.dropout_p_hidden > 0:
+                mask = _dropout_mask(y, model.dropout_p_hidden)
+                y = y * mask
+            layers.append((inp, hidden[i], w, out, workspace, mask))
+            outs.append(y)
+            x = y
+    return x, torch.stack(outs), (reset1, mask_e, layers)
+
+
+def _gru_kernels_backward(model: GRU4Rec, saved, grad_top):
+    """Backward of `_gru_kernels_forward`: (grad of the layer-0 input rows or None, [grads per layer])."""
+    reset1, mask_e, layers = saved
+    bwd = torch.ops.gru4rec.session_gru_backward.default
+    grads = [None] * len(layers)
+    g = grad_top
+    with torch._C._AutoDispatchBelowAutograd():
+        for i in range(len(layers) - 1, -1, -1):
+            inp, h0, w, out, workspace, mask = layers[i]
+            if mask is not None:
+                g = g * mask
+            g_in, _, g_wih, g_whh, g_bih, g_bhh = bwd(g.unsqueeze(0).contiguous(), torch.zeros_like(h0), inp, reset1,
+                                                      h0, *w, out, workspace, model._variant_codes[i])
+            grads[i] = (g_wih, g_whh, g_bih, g_bhh)
+            g = g_in[0] if g_in.numel() else None
+    if g is not None and mask_e is not None:
+        g = g * mask_e
+    return g, grads
+
+
 def compute_step(model: GRU4Rec, output_loss: OutputLoss, inputs, targets, reset, valid, samples, hidden,
                  log_q=None):
     """Forward and backward of one training step; updates nothing.
 
-    Returns (loss [], new hidden [L,B,H] detached, dense grads {name: grad} of the GRU weights,
-    sparse {name: (indices, rows)} of the item tables).
+    backend "kernels": the compiled GRU and loss ops called directly, no autograd; "reference":
+    autograd through the pure-PyTorch GRU. Returns (loss [], new hidden [L,B,H] detached, dense
+    grads {name: grad} of the GRU weights, sparse {name: (indices, rows)} of the item tables).
     """
     x = model.input_rows(inputs)
     leaf = x.is_floating_point()
-    if leaf:
-        x.requires_grad_()
     gru_params = model.gru_parameters()
-    with torch.enable_grad():
-        top, new_hidden = model.hidden_forward(x, reset, hidden, training=True)
-    loss, grad_hidden, candidates, grad_w, grad_b = output_loss(top.detach(), targets, samples, valid, log_q)
-    wrt = ([x] if leaf else []) + list(gru_params.values())
-    grads = torch.autograd.grad(top, wrt, grad_hidden)
-    dense = dict(zip(gru_params, grads[1:] if leaf else grads))
+    if model.backend == "kernels":
+        top, new_hidden, saved = _gru_kernels_forward(model, x, reset, hidden)
+        loss, grad_hidden, candidates, grad_w, grad_b = output_loss(top, targets, samples, valid, log_q)
+        grad_x, layer_grads = _gru_kernels_backward(model, saved, grad_hidden)
+        dense = dict(zip(gru_params, (g for layer in layer_grads for g in layer)))
+    else:
+        if leaf:
+            x.requires_grad_()
+        with torch.enable_grad():
+            top, new_hidden = model.hidden_forward(x, reset, hidden, training=True)
+        loss, grad_hidden, candidates, grad_w, grad_b = output_loss(top.detach(), targets, samples, valid, log_q)
+        wrt = ([x] if leaf else []) + list(gru_params.values())
+        grads = torch.autograd.grad(top, wrt, grad_hidden)
+        dense = dict(zip(gru_params, grads[1:] if leaf else grads))
+        grad_x = grads[0] if leaf else None
     sparse = {"By": (candidates, grad_b)}
     if model.input_mode == "shared":  # one update so a row touched twice is updated once
-        sparse["Wy"] = (torch.cat([candidates, inputs]), torch.cat([grad_w, grads[0]]))
+        sparse["Wy"] = (torch.cat([candidates, inputs]), torch.cat([grad_w, grad_x]))
     else:
         sparse["Wy"] = (candidates, grad_w)
         if model.input_mode == "embedding":
-            sparse["E"] = (inputs, grads[0])
+            sparse["E"] = (inputs, grad_x)
     return loss, new_hidden.detach(), dense, sparse
 
 
 class Trainer:
-    """Trains a GRU4Rec model on SessionData (see `train` for the arguments)."""
+    """Trains a GRU4Rec model on SessionData (see `train` for the arguments).
+
+    Construction seeds torch's global RNG with `seed` (dropout masks draw from it), moves the
+    model to `device`, and builds the sampler (its own generator, seeded with `seed`) and the
+    optimizer; `fit()` runs the epochs. On the CPU the same seed gives identical weights.
+    Known deviation from the authors: at an epoch's tail the batch keeps B rows with a valid mask
+    instead of shrinking, so the empty rows' dummy target (item 0) still serves as a negative.
+    """
 
     def __init__(self, model: GRU4Rec, train_data, *, n_epochs: int = 10, batch_size: int = 32,
                  n_sample: int = 2048, sample_alpha: float = 0.5, loss: str = "cross-entropy", bpreg: float = 0.0,
@@ -148,6 +220,7 @@ class Trainer:
 
         torch.manual_seed(self.seed)
         self.model.to(self.device)
+        self._check_kernels()
         self.model.item_map = self.item_map
         counts = torch.as_tensor(train_data.item_counts())
         if counts.numel() != model.n_items:
@@ -163,6 +236,22 @@ class Trainer:
                                       mask_accidental_hits=mask_accidental_hits)
         if self.resume:
             self._resume()
+
+    def _check_kernels(self) -> None:
+        """backend "kernels" calls the compiled ops directly: they must exist for the device."""
+        if self.model.backend != "kernels":
+            return
+        key = "CUDA" if self.device.type == "cuda" else "CPU"
+        missing = [op for op in ("session_gru_forward", "session_gru_backward", "sampled_loss_forward",
+                                 "sampled_loss_backward") if not _extension.has_kernel(op, key)]
+        if not missing:
+            return
+        if self.model.backend_request == "auto":
+            logger.warning("gru4rec_ext: no %s kernel for %s: training with backend='reference'", key, missing)
+            self.model.set_backend("reference")
+        else:
+            raise RuntimeError(f"backend='kernels' but the extension has no {key} kernel for {missing}; "
+                               "rebuild it for this device or use backend='reference'")
 
     def training_config(self) -> dict:
         return {"n_epochs": self.n_epochs, "batch_size": self.batch_size, "n_sample": self.n_sample,

@@ -52,11 +52,16 @@ def test_sparse_update_equals_dense_reference(impl, mu, shape):
         assert torch.equal(got_mom[~touched], mom[~touched])
 
 
+DENSE_IMPLS = [False, pytest.param(None, marks=pytest.mark.skipif(
+    not ext.has_kernel("dense_adagrad_", "CPU"), reason="dense_adagrad_ kernel not built"))]
+
+
+@pytest.mark.parametrize("kernel", DENSE_IMPLS)
 @pytest.mark.parametrize("mu", [0.0, 0.2])
-def test_dense_update_and_optimizer_state(mu):
+def test_dense_update_and_optimizer_state(mu, kernel):
     torch.manual_seed(1)
     w = torch.randn(4, 3)
-    opt = AdagradM({"w": w}, {}, lr=0.05, momentum=mu)
+    opt = AdagradM({"w": w}, {}, lr=0.05, momentum=mu, sparse_kernel=kernel)
     p, acc, mom = w.clone(), torch.zeros(4, 3), torch.zeros(4, 3)
     for _ in range(3):
         g = torch.randn(4, 3)

@@ -83,9 +83,44 @@ void sparse_adagrad_cpu(at::Tensor& param, at::Tensor& acc, at::Tensor& mom, con
   });
 }
 
+// p, a, v, g [n]: the dense Adagrad-momentum update of one contiguous tensor, in place.
+template <typename scalar_t>
+void dense_adagrad_span(scalar_t* __restrict__ p, scalar_t* __restrict__ a, scalar_t* __restrict__ v,
+                        const scalar_t* __restrict__ g, int64_t n, scalar_t lr, scalar_t momentum, scalar_t eps) {
+  at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
+    if (momentum > 0) {
+      for (int64_t i = begin; i < end; ++i) {
+        a[i] += g[i] * g[i];
+        v[i] = momentum * v[i] - lr * g[i] / std::sqrt(a[i] + eps);
+        p[i] += v[i];
+      }
+    } else {
+      for (int64_t i = begin; i < end; ++i) {
+        a[i] += g[i] * g[i];
+        p[i] -= lr * g[i] / std::sqrt(a[i] + eps);
+      }
+    }
+  });
+}
+
+void dense_adagrad_cpu(at::TensorList params, at::TensorList accs, at::TensorList moms, at::TensorList grads,
+                       double lr, double momentum, double eps) {
+  check_dense_adagrad_args(params, accs, moms, grads, lr, momentum, eps);
+  for (size_t i = 0; i < params.size(); ++i) {
+    const at::Tensor& p = params[i];
+    AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "dense_adagrad_cpu", [&] {
+      dense_adagrad_span<scalar_t>(p.data_ptr<scalar_t>(), accs[i].data_ptr<scalar_t>(),
+                                   momentum > 0 ? moms[i].data_ptr<scalar_t>() : nullptr,
+                                   grads[i].data_ptr<scalar_t>(), p.numel(), static_cast<scalar_t>(lr),
+                                   static_cast<scalar_t>(momentum), static_cast<scalar_t>(eps));
+    });
+  }
+}
+
 }  // namespace
 }  // namespace gru4rec
 
 TORCH_LIBRARY_IMPL(gru4rec, CPU, m) {
   m.impl("sparse_adagrad_", &gru4rec::sparse_adagrad_cpu);
+  m.impl("dense_adagrad_", &gru4rec::dense_adagrad_cpu);
 }
