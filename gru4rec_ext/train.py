@@ -357,12 +357,14 @@ class Trainer:
     def fit(self) -> dict:
         """Train the remaining epochs (checkpointing each), evaluate on eval_data; returns the summary."""
         self.model.train()
+        summary = {"config": {**self.config, **self.training_config()}, "epochs": self.history}
         for epoch in range(self.start_epoch, self.n_epochs):
             self.history.append(self.run_epoch(epoch))
             if self.checkpoint_dir is not None:
                 self._save(epoch + 1)
+            if self.log_json is not None:  # per-epoch progress survives an interrupted run
+                self._write_json(summary)
         self.model.eval()
-        summary = {"config": {**self.config, **self.training_config()}, "epochs": self.history}
         if self.eval_data is not None:
             from .evaluate import evaluate, format_metrics
             t0 = time.perf_counter()
@@ -373,11 +375,16 @@ class Trainer:
             logger.info("evaluation (%d cases, %.1f s):\n%s", metrics.get("n_cases", -1), summary["eval_seconds"],
                         format_metrics(metrics))
         if self.log_json is not None:
-            folder = os.path.dirname(os.path.abspath(self.log_json))
-            os.makedirs(folder, exist_ok=True)
-            with open(self.log_json, "w") as f:
-                json.dump(summary, f, indent=2, default=float)
+            self._write_json(summary)
         return summary
+
+    def _write_json(self, summary: dict) -> None:
+        folder = os.path.dirname(os.path.abspath(self.log_json))
+        os.makedirs(folder, exist_ok=True)
+        tmp = self.log_json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(summary, f, indent=2, default=float)
+        os.replace(tmp, self.log_json)
 
 
 def train(model: GRU4Rec, train_data, *, n_epochs: int = 10, batch_size: int = 32, n_sample: int = 2048,
