@@ -103,7 +103,7 @@ class AdagradM:
         self.acc = {n: torch.zeros_like(p) for n, p in {**self.dense, **self.sparse}.items()}
         self.mom = {n: torch.zeros_like(p) for n, p in {**self.dense, **self.sparse}.items()} \
             if self.momentum > 0 else {}
-        self._scratch = {n: torch.zeros_like(p) for n, p in self.sparse.items()}
+        self._scratch: dict = {}  # zero buffers of the PyTorch sparse path, made on first use
         self._dense_names = list(self.dense)
         self.sparse_kernel = sparse_kernel
         self.dense_kernel = None if sparse_kernel is not False else False
@@ -138,7 +138,12 @@ class AdagradM:
         if rows.shape[0] != indices.shape[0] or rows.shape[1:] != p.shape[1:]:
             raise ValueError(f"rows for {name!r} must be [{indices.shape[0]}, *{tuple(p.shape[1:])}], "
                              f"got {tuple(rows.shape)}")
-        sparse_adagrad_update_(p, self.acc[name], self.mom.get(name), self._scratch[name],
+        scratch = None
+        if not self.sparse_kernel:
+            scratch = self._scratch.get(name)
+            if scratch is None:
+                scratch = self._scratch[name] = torch.zeros_like(p)
+        sparse_adagrad_update_(p, self.acc[name], self.mom.get(name), scratch,
                                indices, rows.to(p.dtype), self.lr, self.momentum, self.eps, self.sparse_kernel)
 
     def state_dict(self) -> dict:
