@@ -62,11 +62,10 @@ def test_step_matches_nn_gru_without_resets():
     torch.manual_seed(1)
     m = GRU4Rec(30, [12], backend="reference").eval()
     gru = torch.nn.GRU(12, 12)
-    gru.load_state_dict({k.replace("weight", "weight").replace("bias", "bias"): v for k, v in
-                         {"weight_ih_l0": m.weight_ih_l0, "weight_hh_l0": m.weight_hh_l0,
-                          "bias_ih_l0": m.bias_ih_l0.detach() + 0.1, "bias_hh_l0": m.bias_hh_l0}.items()})
     with torch.no_grad():
-        m.bias_ih_l0 += 0.1
+        m.bias_ih_l0 += 0.1  # non-zero biases, so their layout is checked too
+        m.bias_hh_l0 -= 0.05
+    gru.load_state_dict({k: getattr(m, k).detach() for k in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")})
     ids = torch.randint(0, 30, (5, 4))
     h = m.init_hidden(4)
     outs = []
