@@ -1,0 +1,140 @@
+// CPU kernel of gru4rec::sparse_adagrad_: duplicates of an index are summed (in index order of
+// appearance), then each touched row's acc, mom and param are updated once.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "sparse_adagrad.h"
+
+namespace gru4rec {
+namespace {
+
+// p, a, v, g [n]: acc += g^2; v = mu v - lr g / sqrt(acc + eps); p += v (v null: p -= lr g / sqrt(...)).
+// Float runs 4 lanes of SSE2 (the compiler will not vectorise std::sqrt under -fmath-errno).
+template <typename scalar_t>
+inline void adagrad_span(scalar_t* __restrict__ p, scalar_t* __restrict__ a, scalar_t* __restrict__ v,
+                         const scalar_t* __restrict__ g, int64_t n, scalar_t lr, scalar_t mu, scalar_t eps) {
+  int64_t i = 0;
+#if defined(__SSE2__)
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    const __m128 vlr = _mm_set1_ps(lr), vmu = _mm_set1_ps(mu), veps = _mm_set1_ps(eps);
+    for (; i + 4 <= n; i += 4) {
+      const __m128 gg = _mm_loadu_ps(g + i);
+      const __m128 aa = _mm_add_ps(_mm_loadu_ps(a + i), _mm_mul_ps(gg, gg));
+      _mm_storeu_ps(a + i, aa);
+      const __m128 step = _mm_mul_ps(vlr, _mm_div_ps(gg, _mm_sqrt_ps(_mm_add_ps(aa, veps))));
+      if (v != nullptr) {
+        const __m128 vv = _mm_sub_ps(_mm_mul_ps(vmu, _mm_loadu_ps(v + i)), step);
+        _mm_storeu_ps(v + i, vv);
+        _mm_storeu_ps(p + i, _mm_add_ps(_mm_loadu_ps(p + i), vv));
+      } else {
+        _mm_storeu_ps(p + i, _mm_sub_ps(_mm_loadu_ps(p + i), step));
+      }
+    }
+  }
+#endif
+  for (; i < n; ++i) {
+    a[i] += g[i] * g[i];
+    const scalar_t step = lr * (g[i] / std::sqrt(a[i] + eps));
+    if (v != nullptr) {
+      v[i] = mu * v[i] - step;
+      p[i] += v[i];
+    } else {
+      p[i] -= step;
+    }
+  }
+}
+
+// param/acc/mom [N, D], indices [M], rows [M, D]: row-sparse Adagrad-momentum, in place.
+template <typename scalar_t>
+void sparse_adagrad_rows(scalar_t* param, scalar_t* acc, scalar_t* mom, const int64_t* idx,
+                         const scalar_t* rows, int64_t N, int64_t M, int64_t D, scalar_t lr,
+                         scalar_t momentum, scalar_t eps) {
+  for (int64_t i = 0; i < M; ++i) {
+    TORCH_CHECK(idx[i] >= 0 && idx[i] < N, "sparse_adagrad_: indices[", i, "] = ", idx[i],
+                " is out of range [0, ", N, ")");
+  }
+  // (index, position) pairs sorted: runs of equal indices, positions ascending within a run.
+  std::vector<std::pair<int64_t, int64_t>> keyed(M);
+  for (int64_t i = 0; i < M; ++i) keyed[i] = {idx[i], i};
+  std::sort(keyed.begin(), keyed.end());
+  std::vector<int64_t> order(M), starts;
+  starts.reserve(M + 1);
+  for (int64_t i = 0; i < M; ++i) {
+    order[i] = keyed[i].second;
+    if (i == 0 || keyed[i].first != keyed[i - 1].first) starts.push_back(i);
+  }
+  starts.push_back(M);
+  const int64_t G = static_cast<int64_t>(starts.size()) - 1;
+  at::parallel_for(0, G, 64, [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> g(D);
+    for (int64_t gi = begin; gi < end; ++gi) {
+      const int64_t row = idx[order[starts[gi]]];
+      const scalar_t* gsum = rows + order[starts[gi]] * D;  // a row touched once: its gradient as is
+      if (starts[gi + 1] - starts[gi] > 1) {
+        std::fill(g.begin(), g.end(), scalar_t(0));
+        for (int64_t j = starts[gi]; j < starts[gi + 1]; ++j) {
+          const scalar_t* src = rows + order[j] * D;
+          for (int64_t d = 0; d < D; ++d) g[d] += src[d];
+        }
+        gsum = g.data();
+      }
+      adagrad_span<scalar_t>(param + row * D, acc + row * D, momentum > 0 ? mom + row * D : nullptr, gsum, D,
+                             lr, momentum, eps);
+    }
+  });
+}
+
+void sparse_adagrad_cpu(at::Tensor& param, at::Tensor& acc, at::Tensor& mom, const at::Tensor& indices,
+                        const at::Tensor& rows, double lr, double momentum, double eps) {
+  check_sparse_adagrad_args(param, acc, mom, indices, rows, lr, momentum, eps);
+  AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "sparse_adagrad_cpu", [&] {
+    sparse_adagrad_rows<scalar_t>(param.data_ptr<scalar_t>(), acc.data_ptr<scalar_t>(),
+                                  momentum > 0 ? mom.data_ptr<scalar_t>() : nullptr,
+                                  indices.data_ptr<int64_t>(), rows.data_ptr<scalar_t>(), param.size(0),
+                                  indices.size(0), param.size(1), static_cast<scalar_t>(lr),
+                                  static_cast<scalar_t>(momentum), static_cast<scalar_t>(eps));
+  });
+}
+
+// p, a, v, g [n]: the dense Adagrad-momentum update of one contiguous tensor, in place.
+template <typename scalar_t>
+void dense_adagrad_span(scalar_t* __restrict__ p, scalar_t* __restrict__ a, scalar_t* __restrict__ v,
+                        const scalar_t* __restrict__ g, int64_t n, scalar_t lr, scalar_t momentum, scalar_t eps) {
+  at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
+    adagrad_span<scalar_t>(p + begin, a + begin, momentum > 0 ? v + begin : nullptr, g + begin, end - begin, lr,
+                           momentum, eps);
+  });
+}
+
+void dense_adagrad_cpu(at::TensorList params, at::TensorList accs, at::TensorList moms, at::TensorList grads,
+                       double lr, double momentum, double eps) {
+  check_dense_adagrad_args(params, accs, moms, grads, lr, momentum, eps);
+  for (size_t i = 0; i < params.size(); ++i) {
+    const at::Tensor& p = params[i];
+    AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "dense_adagrad_cpu", [&] {
+      dense_adagrad_span<scalar_t>(p.data_ptr<scalar_t>(), accs[i].data_ptr<scalar_t>(),
+                                   momentum > 0 ? moms[i].data_ptr<scalar_t>() : nullptr,
+                                   grads[i].data_ptr<scalar_t>(), p.numel(), static_cast<scalar_t>(lr),
+                                   static_cast<scalar_t>(momentum), static_cast<scalar_t>(eps));
+    });
+  }
+}
+
+}  // namespace
+}  // namespace gru4rec
+
+TORCH_LIBRARY_IMPL(gru4rec, CPU, m) {
+  m.impl("sparse_adagrad_", &gru4rec::sparse_adagrad_cpu);
+  m.impl("dense_adagrad_", &gru4rec::dense_adagrad_cpu);
+}

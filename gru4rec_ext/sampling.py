@@ -1,0 +1,124 @@
+"""Negative sampling for training (SPEC section 4): items drawn with probability ∝ count^alpha.
+
+Samples are drawn in large blocks on the training device with Walker's alias method (per sample:
+a uniform item i and a uniform u, result i if u < prob[i] else alias[i]; a handful of vectorised
+passes per block, several times cheaper than a binary search of the cumulative table), from a
+seeded `torch.Generator`, and handed out as slices of that cache, so a training step never waits
+for the host.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+DEFAULT_BLOCK_SIZE = 1 << 20
+
+
+def alias_table(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Walker/Vose alias table of a distribution p [N] (sums to 1): (prob float64 [N], alias int64 [N]).
+
+    Drawing i uniformly, then keeping i with probability prob[i] or else taking alias[i], samples p
+    exactly (up to float rounding). Items with p = 0 are never drawn.
+    """
+    n = len(p)
+    scaled = p * n
+    prob = np.zeros(n)
+    alias = np.full(n, int(np.argmax(p)), dtype=np.int64)
+    small = [int(i) for i in np.flatnonzero(scaled < 1.0)]
+    large = [int(i) for i in np.flatnonzero(scaled >= 1.0)]
+    while small and large:
+        lo, hi = small.pop(), large.pop()
+        prob[lo], alias[lo] = scaled[lo], hi
+        scaled[hi] = (scaled[hi] + scaled[lo]) - 1.0
+        (small if scaled[hi] < 1.0 else large).append(hi)
+    for i in large + small:  # leftovers are ~1 up to rounding; zero-probability items stay at 0
+        prob[i] = 1.0 if p[i] > 0 else 0.0
+    return prob, alias
+
+
+class PopularitySampler:
+    """Draws item indices with probability proportional to ``counts ** alpha``.
+
+    Args:
+        counts: training item counts, shape [N] (any numeric tensor or sequence), all >= 0 and
+            at least one > 0.
+        alpha: exponent in [0, 1] (0: uniform over items, 1: the data distribution).
+        device: the device the samples live on (the training device).
+        block_size: how many samples one refill draws; `draw(K)` slices the cache.
+        seed: seed of the sampler's own `torch.Generator` (None: a random seed).
+    """
+
+    def __init__(self, counts, alpha: float, device=None, block_size: int = DEFAULT_BLOCK_SIZE,
+                 seed: int | None = None):
+        counts = torch.as_tensor(counts)
+        if counts.dim() != 1 or counts.numel() == 0:
+            raise ValueError(f"counts must be a non-empty 1-d tensor, got shape {tuple(counts.shape)}")
+        counts = counts.to(torch.float64)
+        if bool((counts < 0).any()) or not bool((counts > 0).any()):
+            raise ValueError("counts must be >= 0 with at least one positive count")
+        if not 0.0 <= float(alpha) <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        if int(block_size) < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.alpha = float(alpha)
+        self.block_size = int(block_size)
+        self.n_items = counts.numel()
+        weights = torch.where(counts > 0, counts.pow(self.alpha), torch.zeros_like(counts))
+        self._p = weights / weights.sum()
+        prob, alias = alias_table(self._p.numpy())
+        self._prob = torch.from_numpy(prob).to(torch.float32).to(self.device)
+        self._alias = torch.from_numpy(alias).to(self.device)
+        # log q for the logq correction (SPEC section 4), unnormalised: log count for in-batch
+        # targets, alpha * log count for the sampled columns.
+        log_count = torch.log(counts.clamp_min(1e-30))
+        self._log_count = log_count.to(torch.float32).to(self.device)
+        self._log_weight = (self.alpha * log_count).to(torch.float32).to(self.device)
+        self.generator = torch.Generator(device=self.device)
+        if seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(int(seed))
+        self._cache = torch.empty(0, dtype=torch.int64, device=self.device)
+        self._pos = 0
+
+    def _refill(self, k: int) -> None:
+        size = max(self.block_size, k)
+        idx = torch.randint(0, self.n_items, (size,), generator=self.generator, device=self.device)
+        u = torch.rand(size, generator=self.generator, device=self.device)
+        self._cache = torch.where(u < self._prob.index_select(0, idx), idx, self._alias.index_select(0, idx))
+        self._pos = 0
+
+    def draw(self, k: int) -> torch.Tensor:
+        """The next `k` samples, int64 [k] on the sampler's device (a slice of the cache)."""
+        k = int(k)
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
+        if self._pos + k > self._cache.numel():
+            self._refill(k)
+        out = self._cache[self._pos:self._pos + k]
+        self._pos += k
+        return out
+
+    def log_q(self, targets: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
+        """log q of the candidates cat(targets, samples), float32 [B+K] (SPEC section 4).
+
+        q is unnormalised: the training count for the in-batch targets, count^alpha for the
+        sampled items.
+        """
+        return torch.cat([self._log_count.index_select(0, targets),
+                          self._log_weight.index_select(0, samples)])
+
+    def probabilities(self) -> torch.Tensor:
+        """The normalised sampling distribution, float64 [N] (for tests and inspection)."""
+        return self._p.clone()
+
+    def state_dict(self) -> dict:
+        """Generator state and cache position, so a resumed run draws the same samples."""
+        return {"generator": self.generator.get_state(), "cache": self._cache.cpu(),
+                "pos": int(self._pos)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"].cpu())
+        self._cache = state["cache"].to(self.device)
+        self._pos = int(state["pos"])

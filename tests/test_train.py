@@ -1,0 +1,198 @@
+"""Training: Adagrad-momentum (SPEC section 5), the popularity sampler (section 4), end-to-end runs."""
+import math
+
+import pytest
+import torch
+
+import gru4rec_ext._extension as ext
+from gru4rec_ext.model import GRU4Rec
+from gru4rec_ext.optim import AdagradM, dense_adagrad_update_, sparse_adagrad_update_
+from gru4rec_ext.sampling import PopularitySampler
+from gru4rec_ext.train import Trainer, train
+
+from train_helpers import rsc15_slice
+
+
+def adagrad_reference(p, acc, mom, g, lr, mu, eps=1e-6):
+    """SPEC section 5 on dense tensors (rows with g = 0 are untouched for the sparse comparison)."""
+    acc = acc + g * g
+    step = g / torch.sqrt(acc + eps)
+    if mu > 0:
+        mom = mu * mom - lr * step
+        return p + mom, acc, mom
+    return p - lr * step, acc, mom
+
+
+SPARSE_IMPLS = ["torch", pytest.param("kernel", marks=pytest.mark.skipif(
+    not ext.has_kernel("sparse_adagrad_", "CPU"), reason="sparse_adagrad_ kernel not built"))]
+
+
+@pytest.mark.parametrize("impl", SPARSE_IMPLS)
+@pytest.mark.parametrize("mu", [0.0, 0.3])
+@pytest.mark.parametrize("shape", [(20, 5), (20,)])
+def test_sparse_update_equals_dense_reference(impl, mu, shape):
+    torch.manual_seed(0)
+    p = torch.randn(shape)
+    acc = torch.rand(shape)
+    mom = torch.randn(shape) if mu > 0 else None
+    idx = torch.tensor([3, 7, 3, 0, 19, 7, 3])  # duplicates: summed, each row updated once
+    rows = torch.randn((len(idx),) + shape[1:])
+    dense_g = torch.zeros(shape).index_add_(0, idx, rows)
+    touched = torch.zeros(shape[0], dtype=torch.bool)
+    touched[idx] = True
+    exp_p, exp_acc, exp_mom = adagrad_reference(p, acc, mom if mom is not None else torch.zeros(shape), dense_g, 0.1, mu)
+    got_p, got_acc, got_mom = p.clone(), acc.clone(), mom.clone() if mom is not None else None
+    sparse_adagrad_update_(got_p, got_acc, got_mom, torch.zeros(shape), idx, rows, 0.1, mu,
+                           use_kernel=impl == "kernel")
+    assert torch.allclose(got_p[touched], exp_p[touched], atol=1e-6)
+    assert torch.allclose(got_acc[touched], exp_acc[touched], atol=1e-6)
+    assert torch.equal(got_p[~touched], p[~touched]) and torch.equal(got_acc[~touched], acc[~touched])
+    if mu > 0:
+        assert torch.allclose(got_mom[touched], exp_mom[touched], atol=1e-6)
+        assert torch.equal(got_mom[~touched], mom[~touched])
+
+
+DENSE_IMPLS = [False, pytest.param(None, marks=pytest.mark.skipif(
+    not ext.has_kernel("dense_adagrad_", "CPU"), reason="dense_adagrad_ kernel not built"))]
+
+
+@pytest.mark.parametrize("kernel", DENSE_IMPLS)
+@pytest.mark.parametrize("mu", [0.0, 0.2])
+def test_dense_update_and_optimizer_state(mu, kernel):
+    torch.manual_seed(1)
+    w = torch.randn(4, 3)
+    opt = AdagradM({"w": w}, {}, lr=0.05, momentum=mu, sparse_kernel=kernel)
+    p, acc, mom = w.clone(), torch.zeros(4, 3), torch.zeros(4, 3)
+    for _ in range(3):
+        g = torch.randn(4, 3)
+        opt.step_dense([g])
+        p, acc, mom = adagrad_reference(p, acc, mom, g, 0.05, mu)
+    assert torch.allclose(w, p, atol=1e-6) and torch.allclose(opt.acc["w"], acc, atol=1e-6)
+    state = opt.state_dict()
+    opt2 = AdagradM({"w": w.clone()}, {}, lr=0.05, momentum=mu)
+    opt2.load_state_dict(state)
+    assert torch.equal(opt2.acc["w"], opt.acc["w"])
+    with pytest.raises(ValueError, match="momentum"):
+        AdagradM({"w": w}, {}, lr=0.1, momentum=1.5)
+
+
+def test_sampler_follows_count_power_alpha():
+    counts = torch.tensor([1, 4, 9, 16, 100, 0, 25])
+    s = PopularitySampler(counts, 0.5, "cpu", block_size=50_000, seed=0)
+    draws = torch.cat([s.draw(2048) for _ in range(100)])  # several refills
+    freq = torch.bincount(draws, minlength=7).double() / draws.numel()
+    expect = counts.double().sqrt()
+    expect /= expect.sum()
+    assert freq[5] == 0  # count 0 is never drawn
+    assert torch.allclose(freq, expect, atol=0.005)
+    assert torch.allclose(s.probabilities(), expect, atol=1e-9)
+
+
+def test_sampler_seeded_and_log_q():
+    counts = torch.arange(1, 11)
+    a = PopularitySampler(counts, 0.3, "cpu", block_size=100, seed=5)
+    b = PopularitySampler(counts, 0.3, "cpu", block_size=100, seed=5)
+    assert all(torch.equal(a.draw(30), b.draw(30)) for _ in range(10))
+    t, smp = torch.tensor([0, 9]), torch.tensor([1, 4])
+    lq = a.log_q(t, smp)
+    expect = torch.tensor([math.log(1), math.log(10), 0.3 * math.log(2), 0.3 * math.log(5)])
+    assert torch.allclose(lq, expect.float(), atol=1e-6)
+    with pytest.raises(ValueError, match="alpha"):
+        PopularitySampler(counts, 1.5, "cpu")
+
+
+@pytest.fixture(scope="module")
+def small():
+    return rsc15_slice(1500, 300)
+
+
+def _model(n_items, seed=0, **kw):
+    torch.manual_seed(seed)
+    return GRU4Rec(n_items, [32], dropout_p_hidden=0.2, **kw)
+
+
+TRAIN_KW = dict(batch_size=32, n_sample=128, sample_alpha=0.5, loss="cross-entropy", logq=1.0, learning_rate=0.1,
+                momentum=0.1, progress=False)
+
+
+def test_training_improves_recall(small):
+    from gru4rec_ext.evaluate import evaluate
+    train_data, test_data, item_map = small
+    model = _model(item_map.n_items)
+    before = evaluate(model.eval(), test_data, progress=False)["standard"]["recall@20"]
+    summary = train(model, train_data, n_epochs=2, eval_data=test_data, seed=1, **TRAIN_KW)
+    after = summary["metrics"]["standard"]["recall@20"]
+    assert len(summary["epochs"]) == 2 and summary["epochs"][1]["loss"] < summary["epochs"][0]["loss"]
+    assert after > before + 0.05, (before, after)
+
+
+def test_training_reproducible_with_seed(small):
+    train_data, _, item_map = small
+    states = []
+    for _ in range(2):
+        model = _model(item_map.n_items)
+        train(model, train_data, n_epochs=1, seed=7, **TRAIN_KW)
+        states.append(model.state_dict())
+    for k in states[0]:
+        assert torch.equal(states[0][k], states[1][k]), k
+    other = _model(item_map.n_items)
+    train(other, train_data, n_epochs=1, seed=8, **TRAIN_KW)
+    assert not torch.equal(other.Wy, states[0]["Wy"])
+
+
+def test_bpr_max_elu_separate_embedding_trains(small):
+    train_data, _, item_map = small
+    model = _model(item_map.n_items, constrained_embedding=False, embedding=16, final_activation="elu-1",
+                   dropout_p_embed=0.2)
+    s = train(model, train_data, n_epochs=1, seed=0, **{**TRAIN_KW, "loss": "bpr-max", "logq": 0.0, "bpreg": 0.9})
+    assert math.isfinite(s["epochs"][0]["loss"])
+
+
+def test_trainer_argument_errors(small):
+    train_data, _, item_map = small
+    model = _model(item_map.n_items)
+    with pytest.raises(ValueError, match="loss"):
+        Trainer(model, train_data, loss="hinge")
+    with pytest.raises(ValueError, match="logq"):
+        Trainer(model, train_data, loss="bpr-max", logq=1.0)
+    with pytest.raises(ValueError, match="elu_param"):
+        Trainer(model, train_data, elu_param=1.0)
+    with pytest.raises(ValueError, match="items"):
+        Trainer(GRU4Rec(item_map.n_items + 1, [8]), train_data)
+
+
+def test_log_json(small, tmp_path):
+    import json
+    train_data, test_data, item_map = small
+    out = tmp_path / "log.json"
+    train(_model(item_map.n_items), train_data, n_epochs=1, eval_data=test_data, log_json=str(out), seed=0, **TRAIN_KW)
+    log = json.loads(out.read_text())
+    assert log["epochs"][0]["events_per_s"] > 0 and "recall@20" in log["metrics"]["standard"]
+
+
+CUDA = torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not CUDA or not ext.has_kernel("sparse_adagrad_", "CUDA"), reason="no CUDA device or kernel")
+@pytest.mark.parametrize("mu", [0.0, 0.3])
+def test_sparse_update_cuda_equals_cpu(mu):
+    torch.manual_seed(0)
+    n, d, m = 500, 33, 3000  # many duplicates
+    p, acc, mom = torch.randn(n, d), torch.rand(n, d), torch.randn(n, d)
+    idx, rows = torch.randint(0, n, (m,)), torch.randn(m, d)
+    cpu = [t.clone() for t in (p, acc, mom)]
+    sparse_adagrad_update_(*cpu, torch.zeros(n, d), idx, rows, 0.1, mu, use_kernel=False)
+    gpu = [t.cuda() for t in (p, acc, mom)]
+    sparse_adagrad_update_(*gpu, torch.zeros(n, d, device="cuda"), idx.cuda(), rows.cuda(), 0.1, mu, use_kernel=True)
+    for a, b in zip(cpu, gpu):
+        assert torch.allclose(a, b.cpu(), atol=1e-5)
+
+
+@pytest.mark.skipif(not CUDA, reason="no CUDA device")
+def test_training_on_cuda_improves_recall(small):
+    from gru4rec_ext.evaluate import evaluate
+    train_data, test_data, item_map = small
+    model = _model(item_map.n_items).cuda()
+    before = evaluate(model.eval(), test_data, progress=False)["standard"]["recall@20"]
+    summary = train(model, train_data, n_epochs=2, eval_data=test_data, seed=1, device="cuda", **TRAIN_KW)
+    assert summary["metrics"]["standard"]["recall@20"] > before + 0.05
