@@ -9,7 +9,8 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .model import GRU4Rec
 from .nn_gru import SessionGRU
 from .nn_loss import SampledRankingLoss
-from .ops import sampled_loss_backward, sampled_loss_forward, sampled_ranking_loss, session_gru
+from .ops.sampled_loss import sampled_loss_backward, sampled_loss_forward, sampled_ranking_loss
+from .ops.session_gru import session_gru
 from .optim import AdagradM
 from .presets import PRESETS, get_preset
 from .recommend import SessionRecommender
