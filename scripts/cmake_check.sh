@@ -12,7 +12,13 @@ cmake --build build/cmake -j "${MAX_JOBS:-2}"
 "$VENV/bin/python" - <<'PY'
 import torch
 torch.ops.load_library("build/cmake/libgru4rec_ops.so")
-ops = [name for name in dir(torch.ops.gru4rec) if not name.startswith("_")]
-print("cmake build: torch.ops.gru4rec has", ops)
-assert ops, "the CMake-built library registered no gru4rec ops"
+ops = ["session_gru_forward", "session_gru_backward", "sampled_loss_forward", "sampled_loss_backward",
+       "sparse_adagrad_", "dense_adagrad_"]
+missing = [op for op in ops if not torch._C._dispatch_has_kernel_for_dispatch_key(f"gru4rec::{op}", "CPU")]
+assert not missing, f"the CMake-built library has no CPU kernel for {missing}"
+x = torch.randn(1, 3, 4); h0 = torch.zeros(3, 5)
+out, h_n, _ = torch.ops.gru4rec.session_gru_forward(x, torch.zeros(1, 3, dtype=torch.bool), h0,
+                                                     torch.randn(15, 4), torch.randn(15, 5), None, None, 0)
+assert out.shape == (1, 3, 5) and torch.equal(out[0], h_n)
+print("cmake build: CPU kernels registered for", ", ".join(ops), "and session_gru_forward runs")
 PY
