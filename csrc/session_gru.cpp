@@ -134,10 +134,13 @@ TORCH_LIBRARY_FRAGMENT(gru4rec, m) {
       "session_gru_forward(Tensor input, Tensor reset, Tensor h0, Tensor weight_ih, "
       "Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, int variant) "
       "-> (Tensor output, Tensor h_n, Tensor workspace)");
-  // grad_input is an empty tensor for id input; grad_bias_* are empty tensors when the bias is None.
+  // grad_input is an empty tensor for id input or need_grad_input=False; grad_h0 is empty for
+  // need_grad_h0=False (its product is skipped: GRU4Rec training detaches h0); grad_bias_* are
+  // empty tensors when the bias is None.
   m.def(
       "session_gru_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor reset, "
       "Tensor h0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, "
-      "Tensor output, Tensor workspace, int variant) -> (Tensor grad_input, Tensor grad_h0, "
+      "Tensor output, Tensor workspace, int variant, bool need_grad_input=True, "
+      "bool need_grad_h0=True) -> (Tensor grad_input, Tensor grad_h0, "
       "Tensor grad_weight_ih, Tensor grad_weight_hh, Tensor grad_bias_ih, Tensor grad_bias_hh)");
 }

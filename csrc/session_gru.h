@@ -166,7 +166,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> session_gru_backward_
     const Tensor& grad_output_, const Tensor& grad_h_n_, const Tensor& input_,
     const Tensor& reset_, const Tensor& h0_, const Tensor& weight_ih_, const Tensor& weight_hh_,
     const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh,
-    const Tensor& output_, const Tensor& workspace_, int64_t variant) {
+    const Tensor& output_, const Tensor& workspace_, int64_t variant, bool need_grad_input,
+    bool need_grad_h0) {
   const GruDims d = check_session_gru_backward(grad_output_, grad_h_n_, input_, reset_, h0_,
                                                weight_ih_, weight_hh_, bias_ih, bias_hh, output_,
                                                workspace_, variant);
@@ -206,17 +207,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> session_gru_backward_
     s.dgh = static_cast<char*>(dgh.mutable_data_ptr()) + off(B * 3 * H);
     s.hp = static_cast<char*>(hp.mutable_data_ptr()) + off(B * H);
     const Tensor dgh_t = T == 1 ? dgh : dgh.narrow(0, t * B, B);
+    // The recurrent product of step 0 only feeds grad_h0: skipped when it is not wanted.
+    const bool carry_back = t > 0 || need_grad_h0;
     if (cudnn) {
       K::backward_cudnn(s);
-      carry.addmm_(dgh_t, w_hh);
+      if (carry_back) carry.addmm_(dgh_t, w_hh);
     } else {
       K::backward_gru4rec_cand(s);
       at::mm_out(drh, dgh_t.narrow(1, 2 * H, H), w_c);
       K::backward_gru4rec_gates(s);
-      carry.addmm_(dgh_t.narrow(1, 0, 2 * H), w_rz);
+      if (carry_back) carry.addmm_(dgh_t.narrow(1, 0, 2 * H), w_rz);
     }
   }
-  K::zero_reset_rows(carry, reset_p);  // the first step's reset rows get no gradient
+  if (need_grad_h0) {
+    K::zero_reset_rows(carry, reset_p);  // the first step's reset rows get no gradient
+  } else {
+    carry = at::empty({0}, opts);
+  }
   const Tensor& dgi2 = dgi;
   const Tensor& dgh2 = dgh;
   const Tensor& hp2 = hp;
@@ -235,7 +242,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> session_gru_backward_
     grad_w_ih = K::id_weight_grad(dgi2, input.view({T * B}), d.N);
   } else {
     const Tensor x2 = input.view({T * B, d.E});
-    grad_input = at::mm(dgi2, w_ih).view({T, B, d.E});
+    grad_input = need_grad_input ? at::mm(dgi2, w_ih).view({T, B, d.E}) : at::empty({0}, opts);
     grad_w_ih = at::mm(dgi2.t(), x2);
   }
   const bool has_b_ih = bias_ih.has_value() && bias_ih->defined();

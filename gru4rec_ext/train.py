@@ -124,7 +124,8 @@ def _gru_kernels_backward(model: GRU4Rec, saved, grad_top):
             if mask is not None:
                 g = g * mask
             g_in, _, g_wih, g_whh, g_bih, g_bhh = bwd(g.unsqueeze(0).contiguous(), torch.zeros_like(h0), inp, reset1,
-                                                      h0, *w, out, workspace, model._variant_codes[i])
+                                                      h0, *w, out, workspace, model._variant_codes[i],
+                                                      i > 0 or inp.is_floating_point(), False)
             grads[i] = (g_wih, g_whh, g_bih, g_bhh)
             g = g_in[0] if g_in.numel() else None
     if g is not None and mask_e is not None:

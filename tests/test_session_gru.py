@@ -318,3 +318,27 @@ def test_backward_bad_gradient_shape():
         torch.ops.gru4rec.session_gru_backward(out[:1], h_n, *args[:7], out, ws, 0)
     with pytest.raises(RuntimeError, match="workspace"):
         torch.ops.gru4rec.session_gru_backward(out, h_n, *args[:7], out, ws[..., :4], 0)
+
+
+@needs_extension()
+@pytest.mark.parametrize("variant", ["cudnn", "gru4rec"])
+@pytest.mark.parametrize("T", [1, 4])
+def test_backward_skips_unwanted_input_and_h0_grads(device, variant, T):
+    """need_grad_input / need_grad_h0 = False: those outputs are empty, the others unchanged."""
+    args = [a.detach() if a is not None else None for a in make_args(T, 6, 7, 5, False, device)]
+    v = 0 if variant == "cudnn" else 1
+    out, h_n, ws = torch.ops.gru4rec.session_gru_forward(*args, v)
+    go, gh = torch.randn_like(out), torch.randn_like(h_n)
+    full = torch.ops.gru4rec.session_gru_backward(go, gh, *args, out, ws, v)
+    part = torch.ops.gru4rec.session_gru_backward(go, gh, *args, out, ws, v, False, False)
+    assert part[0].numel() == 0 and part[1].numel() == 0
+    for a, b in zip(full[2:], part[2:]):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("variant", ["cudnn", "gru4rec"])
+def test_autograd_with_input_and_h0_not_requiring_grad(device, variant):
+    args = make_args(3, 5, 6, 4, False, device)
+    args[0] = args[0].detach()
+    args[2] = args[2].detach()
+    check_against_reference(args, variant)

@@ -381,10 +381,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_cpu(
     const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input, const Tensor& reset,
     const Tensor& h0, const Tensor& weight_ih, const Tensor& weight_hh,
     const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh,
-    const Tensor& output, const Tensor& workspace, int64_t variant) {
+    const Tensor& output, const Tensor& workspace, int64_t variant, bool need_grad_input,
+    bool need_grad_h0) {
   return session_gru_backward_impl<CpuKernels>(grad_output, grad_h_n, input, reset, h0, weight_ih,
                                                weight_hh, bias_ih, bias_hh, output, workspace,
-                                               variant);
+                                               variant, need_grad_input, need_grad_h0);
 }
 
 }  // namespace

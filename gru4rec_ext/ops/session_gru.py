@@ -108,11 +108,12 @@ def _register() -> None:
 
     @torch.library.register_fake(_BACKWARD)
     def _backward_fake(grad_output, grad_h_n, input, reset, h0, weight_ih, weight_hh, bias_ih,
-                       bias_hh, output, workspace, variant):
+                       bias_hh, output, workspace, variant, need_grad_input=True, need_grad_h0=True):
         _check_forward(input, reset, h0, weight_ih, weight_hh, bias_ih, bias_hh, variant)
         empty = weight_hh.new_empty((0,))
-        grad_input = empty if input.dtype == torch.long else torch.empty_like(input)
-        return (grad_input, torch.empty_like(h0), torch.empty_like(weight_ih),
+        grad_input = empty if input.dtype == torch.long or not need_grad_input else torch.empty_like(input)
+        grad_h0 = torch.empty_like(h0) if need_grad_h0 else weight_hh.new_empty((0,))
+        return (grad_input, grad_h0, torch.empty_like(weight_ih),
                 torch.empty_like(weight_hh),
                 torch.empty_like(bias_ih) if bias_ih is not None else weight_hh.new_empty((0,)),
                 torch.empty_like(bias_hh) if bias_hh is not None else weight_hh.new_empty((0,)))
@@ -131,10 +132,12 @@ def _register() -> None:
             grad_output = torch.zeros_like(out)
         if grad_h_n is None:
             grad_h_n = torch.zeros_like(h0)
+        need_in, need_h0 = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[2])
         g_in, g_h0, g_wih, g_whh, g_bih, g_bhh = torch.ops.gru4rec.session_gru_backward.default(
             grad_output, grad_h_n, input, reset, h0, weight_ih, weight_hh, bias_ih, bias_hh, out,
-            workspace, ctx.variant)
-        return (g_in if input.dtype != torch.long else None, None, g_h0, g_wih, g_whh,
+            workspace, ctx.variant, need_in, need_h0)
+        return (g_in if input.dtype != torch.long and need_in else None, None,
+                g_h0 if need_h0 else None, g_wih, g_whh,
                 g_bih if bias_ih is not None else None, g_bhh if bias_hh is not None else None,
                 None)
 
