@@ -170,7 +170,7 @@ def cmd_evaluate(args) -> int:
     from .checkpoint import load_checkpoint
     from .evaluate import evaluate, format_metrics
     device = torch.device(args.device) if args.device else torch.device("cpu")
-    model, _, _, item_map, _ = load_checkpoint(args.model, device)
+    model, _, _, item_map, _ = load_checkpoint(args.model, device, backend=args.backend)
     if item_map is None:
         raise CLIError(f"{args.model}: the checkpoint holds no item map")
     data, _ = _read_sessions(args.test, args, item_map=item_map, test=True)
@@ -284,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("test")
     e.add_argument("--device")
     e.add_argument("--batch-size", type=int, default=512)
+    e.add_argument("--backend", choices=("auto", "kernels", "reference"), default="auto",
+                   help="ops used for the GRU steps (default: kernels when built)")
     e.add_argument("--json")
     _add_data_keys(e)
     _add_eval_opts(e)

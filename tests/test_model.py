@@ -97,25 +97,27 @@ def _dense_grads(model, dense, sparse):
 
 @needs_extension()
 @pytest.mark.parametrize("loss, act, mode", [("cross-entropy", "linear", "shared"), ("bpr-max", "elu-1", "shared"),
-                                             ("top1-max", "tanh", "embedding")])
+                                             ("top1-max", "tanh", "embedding"), ("bpr", "linear", "onehot")])
 def test_kernels_equal_reference_one_step(loss, act, mode):
     if not (ext.has_kernel("session_gru_forward", "CPU") and ext.has_kernel("sampled_loss_forward", "CPU")):
         pytest.skip("the GRU or loss kernels are not built")
     torch.manual_seed(3)
-    kw = dict(constrained_embedding=mode == "shared", embedding=6 if mode == "embedding" else 0)
-    ref = GRU4Rec(40, [10], final_activation=act, backend="reference", **kw)
-    ker = GRU4Rec(40, [10], final_activation=act, backend="kernels", **kw)
+    kw = dict(constrained_embedding=mode == "shared", layers=[10, 10] if mode == "onehot" else [10], embedding=6 if mode == "embedding" else 0,
+              dropout_p_embed=0.3, dropout_p_hidden=0.2)
+    ref = GRU4Rec(40, final_activation=act, backend="reference", **kw)
+    ker = GRU4Rec(40, final_activation=act, backend="kernels", **kw)
     ker.load_state_dict(ref.state_dict())
     b, k = 6, 9
     inputs, targets = torch.randint(0, 40, (b,)), torch.randint(0, 40, (b,))
     reset = torch.tensor([True, False, False, True, False, False])
     valid = torch.tensor([True] * 5 + [False])
     samples = torch.randint(0, 40, (k,))
-    hidden = torch.randn(1, b, 10) * 0.5
+    hidden = torch.randn(len(ref.layers), b, 10) * 0.5
     log_q = torch.randn(b + k) if loss == "cross-entropy" else None
     results = []
     for m in (ref, ker):
         ol = OutputLoss(m, loss=loss, bpreg=0.5, logq=1.0 if log_q is not None else 0.0, mask_accidental_hits=False)
+        torch.manual_seed(11)  # the same dropout masks for both backends
         loss_v, h, dense, sparse = compute_step(m, ol, inputs, targets, reset, valid, samples, hidden, log_q)
         results.append((loss_v, h, _dense_grads(m, dense, sparse)))
     (l0, h0, g0), (l1, h1, g1) = results
