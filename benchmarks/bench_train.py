@@ -15,8 +15,6 @@ import argparse
 import json
 import logging
 import os
-import platform
-import re
 import statistics
 import sys
 import time
@@ -27,7 +25,8 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
-import gru4rec_ext._extension as ext  # noqa: E402
+import common  # noqa: E402  (benchmarks/common.py: machine description, results folder)
+
 from gru4rec_ext.cli import MODEL_KEYS, resolve_config  # noqa: E402
 from gru4rec_ext.data import SessionData  # noqa: E402
 from gru4rec_ext.evaluate import evaluate  # noqa: E402
@@ -36,23 +35,6 @@ from gru4rec_ext.train import Trainer  # noqa: E402
 
 # The authors' implementation on the 2-core development CPU (REFERENCE.md), training events/s.
 REFERENCE_CPU_EVENTS_PER_S = {"rsc15": 11_000, "diginetica": 5_100}
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_slug(device: torch.device) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"cpu-{cpu_model()}-{torch.get_num_threads()}t"
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-").lower()
 
 
 def run_backend(backend, cfg, train_data, test_data, args, device):
@@ -116,9 +98,7 @@ def main(argv=None):
 
     summary = {b: {k: med(b, k) for k in runs[b][0]} for b in args.backends}
     ref_cpu = REFERENCE_CPU_EVENTS_PER_S.get(args.preset)
-    result = {"machine": {"cpu": cpu_model(), "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                          "torch": torch.__version__, "device": str(device), "extension": ext.build_info(),
-                          "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())},
+    result = {"machine": common.machine_info(device),
               "data": args.data, "test": args.test, "preset": args.preset, "config": cfg, "steps": args.steps,
               "warmup": args.warmup, "repeat": args.repeat, "runs": runs, "median": summary,
               "authors_cpu_train_events_per_s": ref_cpu}
@@ -139,7 +119,7 @@ def main(argv=None):
         result["train_cpu_speedup_kernels_vs_reference"] = cpu_ratio
         lines.append(f"training speed-up kernels/reference: {ratio:.2f}x wall, {cpu_ratio:.2f}x CPU time; authors' "
                      f"CPU figure (REFERENCE.md): {ref_cpu:,} events/s")
-    out_dir = args.out or os.path.join(HERE, "results", machine_slug(device))
+    out_dir = args.out or common.results_dir(device)
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "bench_train.json")
     with open(path, "w") as f:
