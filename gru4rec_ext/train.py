@@ -367,14 +367,15 @@ class Trainer:
                 self._write_json(summary)
         self.model.eval()
         if self.eval_data is not None:
-            from .evaluate import evaluate, format_metrics
+            from .evaluate import evaluate
             t0 = time.perf_counter()
             metrics = evaluate(self.model, self.eval_data, batch_size=self.eval_batch_size, cutoffs=self.cutoffs,
                                tie_modes=self.tie_modes, device=self.device, progress=self.progress)
             summary["eval_seconds"] = time.perf_counter() - t0
             summary["metrics"] = metrics
-            logger.info("evaluation (%d cases, %.1f s):\n%s", metrics.get("n_cases", -1), summary["eval_seconds"],
-                        format_metrics(metrics))
+            # One line here; the table is `format_metrics(summary["metrics"])` (the CLI prints it).
+            logger.info("evaluation (%d cases, %.1f s): %s", metrics.get("n_cases", -1), summary["eval_seconds"],
+                        _headline(metrics))
         if self.log_json is not None:
             self._write_json(summary)
         return summary
@@ -410,3 +411,14 @@ def train(model: GRU4Rec, train_data, *, n_epochs: int = 10, batch_size: int = 3
                    learning_rate=learning_rate, momentum=momentum, mask_accidental_hits=mask_accidental_hits,
                    shuffle=shuffle, seed=seed, device=device, progress=progress, eval_data=eval_data,
                    checkpoint_dir=checkpoint_dir, resume=resume, log_json=log_json, **kwargs).fit()
+
+
+def _headline(metrics: dict) -> str:
+    """Recall and MRR at the largest cutoff for each tie mode, on one line."""
+    parts = []
+    for mode, values in metrics.items():
+        if isinstance(values, dict) and values:
+            cut = max(int(k.split("@")[1]) for k in values if "@" in k)
+            parts.append(f"{mode}: recall@{cut} {values.get(f'recall@{cut}', float('nan')):.4f}, "
+                         f"mrr@{cut} {values.get(f'mrr@{cut}', float('nan')):.4f}")
+    return "; ".join(parts)
