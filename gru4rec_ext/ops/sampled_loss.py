@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from .. import _extension
-from ..reference_loss import (CROSS_ENTROPY, activation_code, loss_code, ranking_loss_from_rows,
+from ..reference_loss import (_check_names_and_log_q, ranking_loss_from_rows,
                               sampled_ranking_loss_reference)
 
 __all__ = ["sampled_ranking_loss", "sampled_loss_forward", "sampled_loss_backward",
@@ -33,14 +33,6 @@ def _use_kernel(device: torch.device) -> bool:
     if ok is None:
         ok = _kernel_ok[device.type] = _extension.use_kernel(_OP, device)
     return ok
-
-
-def _codes(loss, activation, elu_alpha, logq, log_q):
-    code = loss_code(loss)
-    act, alpha = activation_code(activation, elu_alpha)
-    if code == CROSS_ENTROPY and logq > 0 and log_q is None:
-        raise ValueError("log_q is required with the cross-entropy loss when logq > 0")
-    return code, act, alpha
 
 
 def _candidates(targets, samples):
@@ -62,7 +54,7 @@ def sampled_ranking_loss(hidden, weight, bias, targets, samples, *, loss="cross-
     from every score; valid bool [B]; mask_accidental_hits: a column holding row b's target id
     is not a negative of row b. Differentiable w.r.t. hidden, weight and bias.
     """
-    code, act, alpha = _codes(loss, activation, elu_alpha, logq, log_q)
+    code, act, alpha = _check_names_and_log_q(loss, activation, elu_alpha, logq, log_q)
     if not _use_kernel(hidden.device):
         return sampled_ranking_loss_reference(
             hidden, weight, bias, targets, samples, loss=loss, activation=activation,
@@ -107,7 +99,7 @@ def sampled_loss_forward(hidden, weight, bias, targets, samples, *, loss="cross-
     Returns a `SampledLossState` whose `.loss` is the 0-dim batch loss; pass it to
     `sampled_loss_backward`. No host synchronisation on CUDA.
     """
-    code, act, alpha = _codes(loss, activation, elu_alpha, logq, log_q)
+    code, act, alpha = _check_names_and_log_q(loss, activation, elu_alpha, logq, log_q)
     candidates = _candidates(targets, samples)
     opts = (code, act, alpha, float(bpreg), float(logq), bool(mask_accidental_hits))
     if _use_kernel(hidden.device):
