@@ -122,9 +122,10 @@ LOSS_HD acc_t activate_grad(acc_t x, acc_t r, int64_t activation, acc_t alpha) {
 
 namespace gru4rec {
 
-// Sizes of one call: B rows, C = B + K candidates, H hidden units, N items.
+// Sizes of one call: B rows, C = B + K loss columns (targets then samples), U gathered item rows
+// (U = C without `columns`), H hidden units, N items.
 struct SampledLossDims {
-  int64_t B, C, H, N;
+  int64_t B, C, U, H, N;
 };
 
 // Checks every argument of the forward op (shapes, dtypes, devices, codes, and with check_ids the
@@ -134,17 +135,18 @@ SampledLossDims check_sampled_loss_args(const at::Tensor& hidden, const at::Tens
                                         const at::Tensor& bias, const at::Tensor& candidates,
                                         const std::optional<at::Tensor>& log_q,
                                         const std::optional<at::Tensor>& valid, int64_t loss,
-                                        int64_t activation, double logq, bool check_ids);
+                                        int64_t activation, double logq,
+                                        const std::optional<at::Tensor>& columns, bool check_ids);
 
 // The device-independent first step of the forward: a fresh workspace (flat, hidden's dtype,
-// B*C + C*H) whose first B*C entries hold the raw scores S = hidden @ W[c]^T + b[c] as [B,C] and
-// whose last C*H entries hold the gathered rows W[c] as [C,H]. The row pass then overwrites S in
-// place with dL/dS.
+// B*U + U*H) whose first B*U entries hold the raw scores S = hidden @ W[c]^T + b[c] as [B,U] and
+// whose last U*H entries hold the gathered rows W[c] as [U,H]. The row pass then overwrites S in
+// place with dL/dS (summed over the columns that share a gathered row).
 at::Tensor sampled_loss_scores(const at::Tensor& hidden, const at::Tensor& weight,
                                const at::Tensor& bias, const at::Tensor& candidates,
                                const SampledLossDims& dims);
 
-// The [B,C] view of dL/dS and the [C,H] view of the gathered rows inside a workspace.
+// The [B,U] view of dL/dS and the [U,H] view of the gathered rows inside a workspace.
 at::Tensor workspace_grad_scores(const at::Tensor& workspace, const SampledLossDims& dims);
 at::Tensor workspace_rows(const at::Tensor& workspace, const SampledLossDims& dims);
 
@@ -154,6 +156,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sampled_loss_backward_common(
     const at::Tensor& grad_loss, const at::Tensor& hidden, const at::Tensor& weight,
     const at::Tensor& bias, const at::Tensor& candidates, const std::optional<at::Tensor>& log_q,
     const std::optional<at::Tensor>& valid, int64_t loss, int64_t activation, double elu_alpha,
-    double bpreg, double logq, bool mask_hits, const at::Tensor& workspace);
+    double bpreg, double logq, bool mask_hits, const at::Tensor& workspace,
+    const std::optional<at::Tensor>& columns);
 
 }  // namespace gru4rec

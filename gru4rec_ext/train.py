@@ -59,8 +59,9 @@ class OutputLoss:
     def _kernels(self, hidden, targets, samples, valid, log_q):
         m = self.model
         with torch._C._AutoDispatchBelowAutograd():  # no gradient is tracked: skip the ops' autograd wrappers
+            # Each distinct candidate item is gathered, scored and updated once (CPU; same loss).
             state = self._fwd(hidden, m.Wy.detach(), m.By.detach(), targets, samples, log_q=log_q, valid=valid,
-                              **self.opts)
+                              unique_candidates=True, **self.opts)
             grad_hidden, candidates, grad_w, grad_b = self._bwd(state)
         return state.loss, grad_hidden, candidates, grad_w, grad_b
 

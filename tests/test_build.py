@@ -8,7 +8,7 @@ import gru4rec_ext._extension as ext
 
 OPS = ["session_gru_forward", "session_gru_backward", "sampled_loss_forward", "sampled_loss_backward",
        "sparse_adagrad_"]
-CPU_OPS = OPS + ["dense_adagrad_"]  # the dense update is a foreach of ATen ops on CUDA
+CPU_OPS = OPS + ["dense_adagrad_", "unique_ids"]  # on CUDA: foreach ATen ops; torch.unique
 
 
 def test_extension_imports():

@@ -9,12 +9,18 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
+
+// Our code below may speculate float ops (GCC's default -ftrapping-math forbids it), which lets the
+// loops with branch-free selects vectorise. FP exceptions are not trapped in torch.
+#pragma GCC optimize("no-trapping-math")
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
 
+#include "cpu/cpu_isa.h"
 #include "loss_math.h"
 
 namespace gru4rec {
@@ -30,7 +36,7 @@ namespace lm = loss_math;
 // exp of 4 floats: x = n ln2 + f, |f| <= ln2/2 (Cody-Waite split of ln2), a degree-7 Taylor
 // polynomial for exp(f) (truncation error < 1e-8), 2^n from the exponent bits; 0 below -87.
 // NaN stays NaN (min/max return their second operand when one is NaN).
-inline __m128 exp_ps(__m128 x) {
+GRU4REC_ROWS_INLINE inline __m128 exp_ps(__m128 x) {
   const __m128 lo = _mm_set1_ps(-87.0f);
   const __m128 xc = _mm_min_ps(_mm_set1_ps(88.0f), _mm_max_ps(lo, x));
   const __m128i ni = _mm_cvtps_epi32(_mm_mul_ps(xc, _mm_set1_ps(1.44269504088896341f)));
@@ -46,7 +52,7 @@ inline __m128 exp_ps(__m128 x) {
 
 // log(1 + e) of 4 floats in [0, 1]: log1p(y) = 2 atanh(y / (2 + y)) as an odd series in
 // t = y / (2 + y), |t| <= 0.172 (error < 1e-9); above sqrt(2) - 1, 1 + e = 2 (1 + (e - 1) / 2).
-inline __m128 log1p_unit_ps(__m128 e) {
+GRU4REC_ROWS_INLINE inline __m128 log1p_unit_ps(__m128 e) {
   const __m128 hi = _mm_cmpgt_ps(e, _mm_set1_ps(0.41421356f));
   const __m128 y_hi = _mm_mul_ps(_mm_sub_ps(e, _mm_set1_ps(1.0f)), _mm_set1_ps(0.5f));
   const __m128 y = _mm_or_ps(_mm_and_ps(hi, y_hi), _mm_andnot_ps(hi, e));
@@ -61,7 +67,7 @@ inline __m128 log1p_unit_ps(__m128 e) {
 
 // expm1(y) of 4 floats y <= 0: a degree-9 Taylor polynomial above -0.5 (error < 3e-10, no
 // cancellation), exp(y) - 1 below (|result| > 0.39 there).
-inline __m128 expm1_neg_ps(__m128 y) {
+GRU4REC_ROWS_INLINE inline __m128 expm1_neg_ps(__m128 y) {
   __m128 q = _mm_set1_ps(1.0f / 362880.0f);
   const float coef[] = {1.0f / 40320.0f, 1.0f / 5040.0f, 1.0f / 720.0f, 1.0f / 120.0f,
                         1.0f / 24.0f,    1.0f / 6.0f,    0.5f,          1.0f};
@@ -74,7 +80,7 @@ inline __m128 expm1_neg_ps(__m128 y) {
 
 // The final activation of 4 floats: tanh(x) = sign(x) * -m / (2 + m) with m = expm1(-2|x|);
 // elu(x) = x > 0 ? x : alpha expm1(x).
-inline __m128 activate_ps(__m128 x, int64_t activation, float alpha) {
+GRU4REC_ROWS_INLINE inline __m128 activate_ps(__m128 x, int64_t activation, float alpha) {
   const __m128 sign = _mm_set1_ps(-0.0f);
   if (activation == lm::kTanh) {
     const __m128 m = expm1_neg_ps(_mm_mul_ps(_mm_set1_ps(-2.0f), _mm_andnot_ps(sign, x)));
@@ -89,46 +95,46 @@ inline __m128 activate_ps(__m128 x, int64_t activation, float alpha) {
 #endif
 
 // r[j] = act(x[j]), j < n, for the tanh and elu codes (linear is a copy).
-inline void activate_array(const float* x, float* r, int64_t n, int64_t activation, float alpha) {
+GRU4REC_ROWS_INLINE inline void activate_array(const float* x, float* r, int64_t n, int64_t activation, float alpha) {
   int64_t j = 0;
 #if defined(__SSE2__)
   for (; j + 4 <= n; j += 4) _mm_storeu_ps(r + j, activate_ps(_mm_loadu_ps(x + j), activation, alpha));
 #endif
   for (; j < n; ++j) r[j] = lm::activate(x[j], activation, alpha);
 }
-inline void activate_array(const double* x, double* r, int64_t n, int64_t activation,
+GRU4REC_ROWS_INLINE inline void activate_array(const double* x, double* r, int64_t n, int64_t activation,
                            double alpha) {
   for (int64_t j = 0; j < n; ++j) r[j] = lm::activate(x[j], activation, alpha);
 }
 
 // out[j] = exp(in[j]), j < n (in == out allowed).
-inline void exp_array(const float* in, float* out, int64_t n) {
+GRU4REC_ROWS_INLINE inline void exp_array(const float* in, float* out, int64_t n) {
   int64_t j = 0;
 #if defined(__SSE2__)
   for (; j + 4 <= n; j += 4) _mm_storeu_ps(out + j, exp_ps(_mm_loadu_ps(in + j)));
 #endif
   for (; j < n; ++j) out[j] = std::exp(in[j]);
 }
-inline void exp_array(const double* in, double* out, int64_t n) {
+GRU4REC_ROWS_INLINE inline void exp_array(const double* in, double* out, int64_t n) {
   for (int64_t j = 0; j < n; ++j) out[j] = std::exp(in[j]);
 }
 
 // out[j] = log(1 + in[j]) for in[j] in [0, 1], j < n (in == out allowed).
-inline void log1p_unit_array(const float* in, float* out, int64_t n) {
+GRU4REC_ROWS_INLINE inline void log1p_unit_array(const float* in, float* out, int64_t n) {
   int64_t j = 0;
 #if defined(__SSE2__)
   for (; j + 4 <= n; j += 4) _mm_storeu_ps(out + j, log1p_unit_ps(_mm_loadu_ps(in + j)));
 #endif
   for (; j < n; ++j) out[j] = std::log1p(in[j]);
 }
-inline void log1p_unit_array(const double* in, double* out, int64_t n) {
+GRU4REC_ROWS_INLINE inline void log1p_unit_array(const double* in, double* out, int64_t n) {
   for (int64_t j = 0; j < n; ++j) out[j] = std::log1p(in[j]);
 }
 
 // Sum of x[0..n) in double over float partial sums of 256 (vectorised, and accurate: sequential
 // float sums over thousands of columns lose digits).
 template <typename acc_t>
-double row_sum(const acc_t* x, int64_t n) {
+GRU4REC_ROWS_INLINE inline double row_sum(const acc_t* x, int64_t n) {
   double total = 0;
   for (int64_t j0 = 0; j0 < n; j0 += 256) {
     const int64_t j1 = std::min(n, j0 + 256);
@@ -142,7 +148,7 @@ double row_sum(const acc_t* x, int64_t n) {
 
 // Max of x[0..n) (vectorised).
 template <typename acc_t>
-acc_t row_max(const acc_t* x, int64_t n) {
+GRU4REC_ROWS_INLINE inline acc_t row_max(const acc_t* x, int64_t n) {
   acc_t m = std::numeric_limits<acc_t>::lowest();
 #pragma omp simd reduction(max : m)
   for (int64_t j = 0; j < n; ++j) {
@@ -162,13 +168,14 @@ struct RowScratch {
 };
 
 // One row's loss (unscaled) and dL/dr_j (unscaled) written to g[0..C), for the loss codes.
-// r: [C] activated scores; nm: [C] 1 for the row's negatives, else 0; pos: the row index (its
+// r: [C] activated scores; nm: [C] 1 for the row's negatives, else 0 (not read when all_neg,
+// cross-entropy only: every column but pos is a negative); pos: the row index (its
 // positive column); ns: number of negatives; shift: [C] logq * log q_j or null.
 // Returns false when the row has no negatives and the loss needs them (the row then counts 0).
 // The exps and logs run over whole arrays (exp_array, log1p_unit_array); the loops around them
 // are plain arithmetic; sums go through row_sum. Off the negatives every term is selected to 0.
-template <typename acc_t>
-bool row_loss_grad(const acc_t* __restrict__ r, const acc_t* __restrict__ nm, int64_t C,
+template <int kLoss, typename acc_t>
+GRU4REC_ROWS_INLINE inline bool row_loss_grad(const acc_t* __restrict__ r, const acc_t* __restrict__ nm, bool all_neg, int64_t C,
                    int64_t pos, int64_t ns, const acc_t* __restrict__ shift,
                    const lm::LossParams<acc_t>& p, RowScratch<acc_t>& s, acc_t* __restrict__ g,
                    acc_t& loss_out) {
@@ -181,18 +188,29 @@ bool row_loss_grad(const acc_t* __restrict__ r, const acc_t* __restrict__ nm, in
   acc_t* __restrict__ d = s.d;
   acc_t* __restrict__ e5 = s.e;
   acc_t* __restrict__ f6 = s.f;
-  if (p.loss == lm::kCrossEntropy) {
+  if constexpr (kLoss == lm::kCrossEntropy) {
     // z_j = r_j - logq log q_j over the positive and the negatives; L = lse(z) - z_i.
-    for (int64_t j = 0; j < C; ++j) a[j] = shift ? r[j] - shift[j] : r[j];  // z
+    // all_neg: every column takes part (no accidental-hit masking), so no selects are needed.
+    if (shift) {
+      for (int64_t j = 0; j < C; ++j) a[j] = r[j] - shift[j];  // z
+    } else {
+      std::copy(r, r + C, a);
+    }
     const acc_t zi = a[pos];
-    for (int64_t j = 0; j < C; ++j) b[j] = nm[j] != zero ? a[j] : lowest;
-    b[pos] = zi;
-    const acc_t m = row_max(b, C);
+    const acc_t* zsel = a;
+    if (!all_neg) {
+      for (int64_t j = 0; j < C; ++j) b[j] = nm[j] != zero ? a[j] : lowest;
+      b[pos] = zi;
+      zsel = b;
+    }
+    const acc_t m = row_max(zsel, C);
     for (int64_t j = 0; j < C; ++j) g[j] = a[j] - m;
     exp_array(g, g, C);
-    const acc_t e_pos = g[pos];
-    for (int64_t j = 0; j < C; ++j) g[j] = nm[j] != zero ? g[j] : zero;
-    g[pos] = e_pos;
+    if (!all_neg) {
+      const acc_t e_pos = g[pos];
+      for (int64_t j = 0; j < C; ++j) g[j] = nm[j] != zero ? g[j] : zero;
+      g[pos] = e_pos;
+    }
     const double Z = row_sum(g, C);
     const acc_t inv = static_cast<acc_t>(1.0 / Z);
     for (int64_t j = 0; j < C; ++j) g[j] *= inv;
@@ -202,7 +220,7 @@ bool row_loss_grad(const acc_t* __restrict__ r, const acc_t* __restrict__ nm, in
   }
   if (ns <= 0) return false;
   const acc_t inv_ns = one / static_cast<acc_t>(ns);
-  if (p.loss == lm::kBPR) {
+  if constexpr (kLoss == lm::kBPR) {
     // -(1/N_s) sum_j log sigmoid(r_i - r_j); dL/dr_j = sigmoid(r_j - r_i) / N_s.
     for (int64_t j = 0; j < C; ++j) {
       const acc_t dj = ri - r[j];
@@ -225,7 +243,7 @@ bool row_loss_grad(const acc_t* __restrict__ r, const acc_t* __restrict__ nm, in
     loss_out = static_cast<acc_t>(row_sum(a, C)) * inv_ns;
     return true;
   }
-  if (p.loss == lm::kTop1 || p.loss == lm::kTop1Max) {
+  if constexpr (kLoss == lm::kTop1 || kLoss == lm::kTop1Max) {
     // Per column: g_j = sigmoid(r_j - r_i) + sigmoid(r_j^2), its derivative in r_j, and
     // sigmoid'(r_j - r_i) (the derivative in r_i, negated).
     for (int64_t j = 0; j < C; ++j) {
@@ -244,7 +262,7 @@ bool row_loss_grad(const acc_t* __restrict__ r, const acc_t* __restrict__ nm, in
       e5[j] = gd + acc_t(2) * r[j] * gs;    // d g_j / d r_j
       d[j] = gd;                            // sigmoid'(r_j - r_i)
     }
-    if (p.loss == lm::kTop1) {
+    if constexpr (kLoss == lm::kTop1) {
       // (1/N_s) sum_j g_j.
       for (int64_t j = 0; j < C; ++j) {
         const bool ng = nm[j] != zero;
@@ -265,7 +283,7 @@ bool row_loss_grad(const acc_t* __restrict__ r, const acc_t* __restrict__ nm, in
   for (int64_t j = 0; j < C; ++j) a[j] = nm[j] != zero ? a[j] : zero;
   const double Z = row_sum(a, C);
   const acc_t invZ = static_cast<acc_t>(1.0 / Z);
-  if (p.loss == lm::kTop1Max) {
+  if constexpr (kLoss == lm::kTop1Max) {
     // L = sum_j s_j g_j; dL/dr_k = s_k (g_k - L + g_k'), dL/dr_i = -sum_j s_j sigmoid'(r_j - r_i).
     for (int64_t j = 0; j < C; ++j) {
       b[j] = a[j] * f6[j];  // e_j g_j
@@ -323,58 +341,80 @@ bool row_loss_grad(const acc_t* __restrict__ r, const acc_t* __restrict__ nm, in
   return true;
 }
 
-// The fused row pass: S [B,C] raw scores in, dL/dS (scaled by 1/B) out in place;
-// cand [C] int64, log_q [C] or null, valid [B] or null, row_loss [B] (scaled).
-template <typename scalar_t>
-void row_pass_cpu(scalar_t* S, const int64_t* cand, const scalar_t* log_q, const bool* valid,
-                  int64_t B, int64_t C, const lm::LossParams<scalar_t>& p, scalar_t* row_loss) {
+// The fused row pass: S [B,U] raw scores in, dL/dS (scaled by 1/B) out in place; cols [C] (the
+// gathered row of each loss column) or null (then U = C and column j is row j); cand [U] int64,
+// log_q [C] or null, valid [B] or null, row_loss [B] (scaled). With cols, a row's columns are
+// gathered from S first and their gradients summed back per gathered row (in column order).
+template <int kLoss, typename scalar_t>
+void row_pass_cpu(scalar_t* S, const int64_t* cols, const int64_t* cand, const scalar_t* log_q,
+                  const bool* valid, int64_t B, int64_t C, int64_t U, const lm::LossParams<scalar_t>& p,
+                  scalar_t* row_loss) {
   using acc_t = scalar_t;
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(C, 1));
+  const bool need_nm = p.loss != lm::kCrossEntropy || p.mask_hits;  // else every other column is a negative
   at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
     RowScratch<acc_t> s(C);
-    std::vector<acc_t> r(C), g(C), nm(C), shift(log_q ? C : 0);
+    std::vector<acc_t> r(C), g(C), nm(C), shift(log_q ? C : 0), xs(cols ? C : 0), ds(cols ? C : 0);
     if (log_q)
       for (int64_t j = 0; j < C; ++j) shift[j] = p.logq * acc_t(log_q[j]);
-    for (int64_t b = begin; b < end; ++b) {
-      scalar_t* row = S + b * C;
+    // The rows [b0, b1), compiled for the baseline ISA and for AVX2+FMA (run_best picks one).
+    const auto rows = [&](int64_t b0, int64_t b1) GRU4REC_ROWS_INLINE {
+    for (int64_t b = b0; b < b1; ++b) {
+      scalar_t* row = S + b * U;
       if (valid && !valid[b]) {
-        std::fill(row, row + C, scalar_t(0));
+        std::fill(row, row + U, scalar_t(0));
         row_loss[b] = 0;
         continue;
       }
-      const int64_t target = cand[b];
-      int64_t ns = 0;
-      if (p.activation == lm::kLinear) {
-        std::copy(row, row + C, r.data());
-      } else {
-        activate_array(row, r.data(), C, p.activation, p.elu_alpha);
+      const scalar_t* x = row;  // the row's raw scores, one per column
+      if (cols) {
+        for (int64_t j = 0; j < C; ++j) xs[j] = row[cols[j]];
+        x = xs.data();
       }
-      for (int64_t j = 0; j < C; ++j) {
-        const bool is_neg = j != b && !(p.mask_hits && cand[j] == target);
-        nm[j] = is_neg ? acc_t(1) : acc_t(0);
-        ns += is_neg;
+      const int64_t target = cand[cols ? cols[b] : b];
+      int64_t ns = C - 1;
+      if (p.activation == lm::kLinear) {
+        std::copy(x, x + C, r.data());
+      } else {
+        activate_array(x, r.data(), C, p.activation, p.elu_alpha);
+      }
+      if (need_nm) {
+        ns = 0;
+        for (int64_t j = 0; j < C; ++j) {
+          const bool is_neg = j != b && !(p.mask_hits && cand[cols ? cols[j] : j] == target);
+          nm[j] = is_neg ? acc_t(1) : acc_t(0);
+          ns += is_neg;
+        }
       }
       acc_t loss = 0;
-      if (!row_loss_grad<acc_t>(r.data(), nm.data(), C, b, ns, log_q ? shift.data() : nullptr, p,
+      if (!row_loss_grad<kLoss, acc_t>(r.data(), nm.data(), !need_nm, C, b, ns,
+                                log_q ? shift.data() : nullptr, p,
                                 s, g.data(), loss)) {
-        std::fill(row, row + C, scalar_t(0));
+        std::fill(row, row + U, scalar_t(0));
         row_loss[b] = 0;
         continue;
       }
       // dL/dS = dL/dr act'(S): tanh' = 1 - r^2, elu' = 1 above 0, else alpha exp(x) = r + alpha.
+      scalar_t* out = cols ? ds.data() : row;  // without cols, x and out are the same row
       const acc_t scale = p.scale, alpha = p.elu_alpha;
       if (p.activation == lm::kLinear) {
-        for (int64_t j = 0; j < C; ++j) row[j] = g[j] * scale;
+        for (int64_t j = 0; j < C; ++j) out[j] = g[j] * scale;
       } else if (p.activation == lm::kTanh) {
-        for (int64_t j = 0; j < C; ++j) row[j] = g[j] * (acc_t(1) - r[j] * r[j]) * scale;
+        for (int64_t j = 0; j < C; ++j) out[j] = g[j] * (acc_t(1) - r[j] * r[j]) * scale;
       } else {
         for (int64_t j = 0; j < C; ++j) {
-          const acc_t above = static_cast<acc_t>(row[j] > acc_t(0));  // branch-free select
-          row[j] = g[j] * (above + (acc_t(1) - above) * (r[j] + alpha)) * scale;
+          const acc_t above = static_cast<acc_t>(x[j] > acc_t(0));  // branch-free select
+          out[j] = g[j] * (above + (acc_t(1) - above) * (r[j] + alpha)) * scale;
         }
+      }
+      if (cols) {
+        std::fill(row, row + U, scalar_t(0));
+        for (int64_t j = 0; j < C; ++j) row[cols[j]] += ds[j];
       }
       row_loss[b] = loss * scale;
     }
+    };
+    run_best(rows, begin, end);
   });
 }
 
@@ -382,9 +422,9 @@ std::tuple<at::Tensor, at::Tensor> sampled_loss_forward_cpu(
     const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& bias,
     const at::Tensor& candidates, const std::optional<at::Tensor>& log_q,
     const std::optional<at::Tensor>& valid, int64_t loss, int64_t activation, double elu_alpha,
-    double bpreg, double logq, bool mask_hits) {
+    double bpreg, double logq, bool mask_hits, const std::optional<at::Tensor>& columns) {
   const SampledLossDims d = check_sampled_loss_args(hidden, weight, bias, candidates, log_q, valid,
-                                                    loss, activation, logq, /*check_ids=*/true);
+                                                    loss, activation, logq, columns, /*check_ids=*/true);
   TORCH_CHECK(hidden.scalar_type() == at::kFloat || hidden.scalar_type() == at::kDouble,
               "sampled_loss (CPU): hidden must be float32 or float64, got ", hidden.scalar_type());
   const at::Tensor h = hidden.contiguous();
@@ -394,6 +434,7 @@ std::tuple<at::Tensor, at::Tensor> sampled_loss_forward_cpu(
   const bool use_logq = loss == loss_math::kCrossEntropy && logq > 0;
   const at::Tensor lq = use_logq ? log_q->contiguous() : at::Tensor();
   const at::Tensor vd = (valid.has_value() && valid->defined()) ? valid->contiguous() : at::Tensor();
+  const at::Tensor cols = (columns.has_value() && columns->defined()) ? columns->contiguous() : at::Tensor();
   at::Tensor row_loss = at::empty({d.B}, hidden.options());
   AT_DISPATCH_FLOATING_TYPES(hidden.scalar_type(), "sampled_loss_forward_cpu", [&] {
     const lm::LossParams<scalar_t> p{loss,
@@ -403,10 +444,20 @@ std::tuple<at::Tensor, at::Tensor> sampled_loss_forward_cpu(
                                      scalar_t(logq),
                                      mask_hits,
                                      scalar_t(1.0 / static_cast<double>(d.B))};
-    row_pass_cpu<scalar_t>(scores.data_ptr<scalar_t>(), cand.data_ptr<int64_t>(),
-                           use_logq ? lq.data_ptr<scalar_t>() : nullptr,
-                           vd.defined() ? vd.data_ptr<bool>() : nullptr, d.B, d.C, p,
-                           row_loss.data_ptr<scalar_t>());
+    // One instantiation per loss keeps each fused row pass small enough to optimise well.
+    const auto run = [&](auto loss_tag) {
+      row_pass_cpu<decltype(loss_tag)::value, scalar_t>(
+          scores.data_ptr<scalar_t>(), cols.defined() ? cols.data_ptr<int64_t>() : nullptr,
+          cand.data_ptr<int64_t>(), use_logq ? lq.data_ptr<scalar_t>() : nullptr,
+          vd.defined() ? vd.data_ptr<bool>() : nullptr, d.B, d.C, d.U, p, row_loss.data_ptr<scalar_t>());
+    };
+    switch (loss) {
+      case lm::kBPR: run(std::integral_constant<int, lm::kBPR>{}); break;
+      case lm::kTop1: run(std::integral_constant<int, lm::kTop1>{}); break;
+      case lm::kBPRMax: run(std::integral_constant<int, lm::kBPRMax>{}); break;
+      case lm::kTop1Max: run(std::integral_constant<int, lm::kTop1Max>{}); break;
+      default: run(std::integral_constant<int, lm::kCrossEntropy>{}); break;
+    }
   });
   return {row_loss.sum(), workspace};
 }
@@ -415,10 +466,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sampled_loss_backward_cpu(
     const at::Tensor& grad_loss, const at::Tensor& hidden, const at::Tensor& weight,
     const at::Tensor& bias, const at::Tensor& candidates, const std::optional<at::Tensor>& log_q,
     const std::optional<at::Tensor>& valid, int64_t loss, int64_t activation, double elu_alpha,
-    double bpreg, double logq, bool mask_hits, const at::Tensor& workspace) {
+    double bpreg, double logq, bool mask_hits, const at::Tensor& workspace,
+    const std::optional<at::Tensor>& columns) {
   return sampled_loss_backward_common(grad_loss, hidden, weight, bias, candidates, log_q, valid,
                                       loss, activation, elu_alpha, bpreg, logq, mask_hits,
-                                      workspace);
+                                      workspace, columns);
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 // gate loops with their branch-free selects vectorise. FP exceptions are not trapped in torch.
 #pragma GCC optimize("no-trapping-math")
 
+#include "cpu/cpu_isa.h"
 #include "gru_math.h"
 #include "session_gru.h"
 
@@ -20,39 +21,10 @@ namespace {
 // Rows per parallel chunk: below about 16k elements per call the work stays on one thread.
 int64_t row_grain(int64_t H) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, H)); }
 
-// The row loops are compiled twice: for the baseline ISA and, on x86-64, for AVX2+FMA, picked at
-// run time (rows() is always inlined into both callers, so its loops vectorise for each ISA).
-#if defined(__x86_64__) && defined(__GNUC__)
-#define GRU4REC_ROWS_INLINE __attribute__((always_inline))
-template <class F>
-__attribute__((target("avx2,fma"))) void rows_avx2(const F& rows, int64_t b0, int64_t b1) {
-  rows(b0, b1);
-}
-bool cpu_has_avx2() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-}
-#else
-#define GRU4REC_ROWS_INLINE
-template <class F>
-void rows_avx2(const F& rows, int64_t b0, int64_t b1) { rows(b0, b1); }
-bool cpu_has_avx2() { return false; }
-#endif
-
-template <class F>
-void rows_baseline(const F& rows, int64_t b0, int64_t b1) { rows(b0, b1); }
-
 // Runs rows(b0, b1) over [0, B) in parallel chunks.
 template <class F>
 void parallel_rows(int64_t B, int64_t H, const F& rows) {
-  const bool avx2 = cpu_has_avx2();
-  at::parallel_for(0, B, row_grain(H), [&](int64_t b0, int64_t b1) {
-    if (avx2) {
-      rows_avx2(rows, b0, b1);
-    } else {
-      rows_baseline(rows, b0, b1);
-    }
-  });
+  at::parallel_for(0, B, row_grain(H), [&](int64_t b0, int64_t b1) { run_best(rows, b0, b1); });
 }
 
 // Zeros that reset rows read in place of their previous state and recurrent product: a pointer

@@ -1,11 +1,12 @@
-// CPU kernel of gru4rec::sparse_adagrad_: duplicates of an index are summed (in index order of
-// appearance), then each touched row's acc, mom and param are updated once.
+// CPU kernels of gru4rec::sparse_adagrad_ and dense_adagrad_: for the sparse one, duplicates of an
+// index are summed (in order of appearance), then each touched row's acc, mom and param are
+// updated once; grouping the indices is O(M), not a sort.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#if defined(__SSE2__)
-#include <emmintrin.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
 #endif
 
 #include <algorithm>
@@ -14,13 +15,17 @@
 #include <utility>
 #include <vector>
 
+#include "cpu/cpu_isa.h"
+#include "cpu/id_groups.h"
 #include "sparse_adagrad.h"
 
 namespace gru4rec {
 namespace {
 
 // p, a, v, g [n]: acc += g^2; v = mu v - lr g / sqrt(acc + eps); p += v (v null: p -= lr g / sqrt(...)).
-// Float runs 4 lanes of SSE2 (the compiler will not vectorise std::sqrt under -fmath-errno).
+// Float runs 8 lanes of AVX in the AVX2 build, else 4 of SSE2, with the same operations in the same
+// order (no FMA), so both give the scalar tail's results bit for bit (the compiler will not
+// vectorise std::sqrt under -fmath-errno).
 template <typename scalar_t>
 inline void adagrad_span(scalar_t* __restrict__ p, scalar_t* __restrict__ a, scalar_t* __restrict__ v,
                          const scalar_t* __restrict__ g, int64_t n, scalar_t lr, scalar_t mu, scalar_t eps) {
@@ -55,6 +60,45 @@ inline void adagrad_span(scalar_t* __restrict__ p, scalar_t* __restrict__ a, sca
   }
 }
 
+// adagrad_span with 8 float lanes of AVX first (the same operations in the same order, so the
+// same results bit for bit); double, and the tail, go to adagrad_span.
+template <typename scalar_t>
+GRU4REC_TARGET_AVX2 void adagrad_span_avx2(scalar_t* __restrict__ p, scalar_t* __restrict__ a,
+                                           scalar_t* __restrict__ v, const scalar_t* __restrict__ g, int64_t n,
+                                           scalar_t lr, scalar_t mu, scalar_t eps) {
+  int64_t i = 0;
+#if GRU4REC_HAS_AVX2_BUILD
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    const __m256 vlr = _mm256_set1_ps(lr), vmu = _mm256_set1_ps(mu), veps = _mm256_set1_ps(eps);
+    for (; i + 8 <= n; i += 8) {
+      const __m256 gg = _mm256_loadu_ps(g + i);
+      const __m256 aa = _mm256_add_ps(_mm256_loadu_ps(a + i), _mm256_mul_ps(gg, gg));
+      _mm256_storeu_ps(a + i, aa);
+      const __m256 step = _mm256_mul_ps(vlr, _mm256_div_ps(gg, _mm256_sqrt_ps(_mm256_add_ps(aa, veps))));
+      if (v != nullptr) {
+        const __m256 vv = _mm256_sub_ps(_mm256_mul_ps(vmu, _mm256_loadu_ps(v + i)), step);
+        _mm256_storeu_ps(v + i, vv);
+        _mm256_storeu_ps(p + i, _mm256_add_ps(_mm256_loadu_ps(p + i), vv));
+      } else {
+        _mm256_storeu_ps(p + i, _mm256_sub_ps(_mm256_loadu_ps(p + i), step));
+      }
+    }
+  }
+#endif
+  adagrad_span<scalar_t>(p + i, a + i, v ? v + i : nullptr, g + i, n - i, lr, mu, eps);
+}
+
+// The best span update this CPU runs.
+template <typename scalar_t>
+void adagrad_span_best(scalar_t* p, scalar_t* a, scalar_t* v, const scalar_t* g, int64_t n, scalar_t lr,
+                       scalar_t mu, scalar_t eps) {
+  if (cpu_has_avx2()) {
+    adagrad_span_avx2<scalar_t>(p, a, v, g, n, lr, mu, eps);
+  } else {
+    adagrad_span<scalar_t>(p, a, v, g, n, lr, mu, eps);
+  }
+}
+
 // param/acc/mom [N, D], indices [M], rows [M, D]: row-sparse Adagrad-momentum, in place.
 template <typename scalar_t>
 void sparse_adagrad_rows(scalar_t* param, scalar_t* acc, scalar_t* mom, const int64_t* idx,
@@ -64,33 +108,27 @@ void sparse_adagrad_rows(scalar_t* param, scalar_t* acc, scalar_t* mom, const in
     TORCH_CHECK(idx[i] >= 0 && idx[i] < N, "sparse_adagrad_: indices[", i, "] = ", idx[i],
                 " is out of range [0, ", N, ")");
   }
-  // (index, position) pairs sorted: runs of equal indices, positions ascending within a run.
-  std::vector<std::pair<int64_t, int64_t>> keyed(M);
-  for (int64_t i = 0; i < M; ++i) keyed[i] = {idx[i], i};
-  std::sort(keyed.begin(), keyed.end());
-  std::vector<int64_t> order(M), starts;
-  starts.reserve(M + 1);
-  for (int64_t i = 0; i < M; ++i) {
-    order[i] = keyed[i].second;
-    if (i == 0 || keyed[i].first != keyed[i - 1].first) starts.push_back(i);
-  }
-  starts.push_back(M);
-  const int64_t G = static_cast<int64_t>(starts.size()) - 1;
-  at::parallel_for(0, G, 64, [&](int64_t begin, int64_t end) {
+  TORCH_CHECK(M < (int64_t(1) << 31), "sparse_adagrad_: at most 2^31 - 1 indices per call, got ", M);
+  IdGroups groups;
+  groups.build(idx, M, N);
+  const int64_t G = groups.size();
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(D, 1));
+  at::parallel_for(0, G, grain, [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> g(D);
     for (int64_t gi = begin; gi < end; ++gi) {
-      const int64_t row = idx[order[starts[gi]]];
-      const scalar_t* gsum = rows + order[starts[gi]] * D;  // a row touched once: its gradient as is
-      if (starts[gi + 1] - starts[gi] > 1) {
-        std::fill(g.begin(), g.end(), scalar_t(0));
-        for (int64_t j = starts[gi]; j < starts[gi + 1]; ++j) {
-          const scalar_t* src = rows + order[j] * D;
+      const int64_t i0 = groups.first[gi];
+      const int64_t row = idx[i0];
+      const scalar_t* gsum = rows + i0 * D;  // a row touched once: its gradient as is
+      if (groups.next[i0] >= 0) {
+        std::copy(gsum, gsum + D, g.begin());
+        for (int64_t j = groups.next[i0]; j >= 0; j = groups.next[j]) {
+          const scalar_t* src = rows + j * D;
           for (int64_t d = 0; d < D; ++d) g[d] += src[d];
         }
         gsum = g.data();
       }
-      adagrad_span<scalar_t>(param + row * D, acc + row * D, momentum > 0 ? mom + row * D : nullptr, gsum, D,
-                             lr, momentum, eps);
+      adagrad_span_best<scalar_t>(param + row * D, acc + row * D, momentum > 0 ? mom + row * D : nullptr, gsum, D,
+                                  lr, momentum, eps);
     }
   });
 }
@@ -112,8 +150,8 @@ template <typename scalar_t>
 void dense_adagrad_span(scalar_t* __restrict__ p, scalar_t* __restrict__ a, scalar_t* __restrict__ v,
                         const scalar_t* __restrict__ g, int64_t n, scalar_t lr, scalar_t momentum, scalar_t eps) {
   at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
-    adagrad_span<scalar_t>(p + begin, a + begin, momentum > 0 ? v + begin : nullptr, g + begin, end - begin, lr,
-                           momentum, eps);
+    adagrad_span_best<scalar_t>(p + begin, a + begin, momentum > 0 ? v + begin : nullptr, g + begin, end - begin,
+                                lr, momentum, eps);
   });
 }
 

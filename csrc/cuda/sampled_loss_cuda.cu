@@ -238,9 +238,12 @@ std::tuple<at::Tensor, at::Tensor> sampled_loss_forward_cuda(
     const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& bias,
     const at::Tensor& candidates, const std::optional<at::Tensor>& log_q,
     const std::optional<at::Tensor>& valid, int64_t loss, int64_t activation, double elu_alpha,
-    double bpreg, double logq, bool mask_hits) {
+    double bpreg, double logq, bool mask_hits, const std::optional<at::Tensor>& columns) {
+  TORCH_CHECK(!(columns.has_value() && columns->defined()),
+              "sampled_loss (CUDA): columns is not supported on CUDA yet; pass the candidates "
+              "(targets then samples) without columns");
   const SampledLossDims d = check_sampled_loss_args(hidden, weight, bias, candidates, log_q, valid,
-                                                    loss, activation, logq, /*check_ids=*/true);
+                                                    loss, activation, logq, columns, /*check_ids=*/true);
   const auto dtype = hidden.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16,
               "sampled_loss (CUDA): hidden must be float32, float64 or bfloat16, got ", dtype);
@@ -278,11 +281,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sampled_loss_backward_cuda(
     const at::Tensor& grad_loss, const at::Tensor& hidden, const at::Tensor& weight,
     const at::Tensor& bias, const at::Tensor& candidates, const std::optional<at::Tensor>& log_q,
     const std::optional<at::Tensor>& valid, int64_t loss, int64_t activation, double elu_alpha,
-    double bpreg, double logq, bool mask_hits, const at::Tensor& workspace) {
+    double bpreg, double logq, bool mask_hits, const at::Tensor& workspace,
+    const std::optional<at::Tensor>& columns) {
+  TORCH_CHECK(!(columns.has_value() && columns->defined()),
+              "sampled_loss_backward (CUDA): columns is not supported on CUDA yet");
   const c10::cuda::CUDAGuard guard(hidden.device());
   return sampled_loss_backward_common(grad_loss, hidden, weight, bias, candidates, log_q, valid,
                                       loss, activation, elu_alpha, bpreg, logq, mask_hits,
-                                      workspace);
+                                      workspace, columns);
 }
 
 }  // namespace

@@ -8,7 +8,10 @@ Two entry points:
 * the row-sparse pair of the trainer, with no autograd involved:
   `state = sampled_loss_forward(...)`, `state.loss`, then
   `grad_hidden, candidates, grad_weight_rows, grad_bias_rows = sampled_loss_backward(state)`;
-  row j of grad_weight_rows / grad_bias_rows belongs to item candidates[j] (duplicates not summed).
+  row j of grad_weight_rows / grad_bias_rows belongs to item candidates[j]. By default the
+  candidates are the targets then the samples (duplicates not summed); with
+  `unique_candidates=True` (CPU kernel) they are the distinct items, each gathered, scored and
+  given its summed gradient once (the op's `columns` argument maps the loss columns to them).
 
 Without a compiled kernel for the device (see `gru4rec_ext._extension.use_kernel`, which logs
 the fallback once) both run the pure-PyTorch reference of `gru4rec_ext.reference_loss`.
@@ -18,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from .. import _extension
+from .unique_ids import unique_ids
 from ..reference_loss import (_check_names_and_log_q, ranking_loss_from_rows,
                               sampled_ranking_loss_reference)
 
@@ -70,13 +74,14 @@ def sampled_ranking_loss(hidden, weight, bias, targets, samples, *, loss="cross-
 class SampledLossState:
     """What `sampled_loss_backward` needs from a `sampled_loss_forward` call; `.loss` is 0-dim."""
 
-    __slots__ = ("loss", "candidates", "_args", "_workspace", "_ref")
+    __slots__ = ("loss", "candidates", "_args", "_workspace", "_columns", "_ref")
 
-    def __init__(self, loss, candidates, args, workspace, ref=None):
+    def __init__(self, loss, candidates, args, workspace, ref=None, columns=None):
         self.loss = loss
         self.candidates = candidates
         self._args = args            # the forward op's arguments (kernel path)
         self._workspace = workspace  # the forward op's workspace (kernel path)
+        self._columns = columns      # the forward op's columns (kernel path, unique candidates)
         self._ref = ref              # reference path: (loss with graph, (hidden, weight_rows, bias_rows) leaves)
 
 
@@ -93,20 +98,26 @@ def _one(like):
 
 def sampled_loss_forward(hidden, weight, bias, targets, samples, *, loss="cross-entropy",
                          activation="linear", elu_alpha=1.0, bpreg=0.0, logq=0.0, log_q=None,
-                         valid=None, mask_accidental_hits=False) -> SampledLossState:
+                         valid=None, mask_accidental_hits=False,
+                         unique_candidates=False) -> SampledLossState:
     """Forward of the row-sparse pair (no autograd): same arguments as `sampled_ranking_loss`.
 
-    Returns a `SampledLossState` whose `.loss` is the 0-dim batch loss; pass it to
-    `sampled_loss_backward`. No host synchronisation on CUDA.
+    unique_candidates: on the CPU kernel path, gather and score each distinct candidate item once
+    (the loss is the same; the backward then returns one summed gradient row per distinct item).
+    Elsewhere it is ignored. Returns a `SampledLossState` whose `.loss` is the 0-dim batch loss;
+    pass it to `sampled_loss_backward`. No host synchronisation on CUDA.
     """
     code, act, alpha = _check_names_and_log_q(loss, activation, elu_alpha, logq, log_q)
     candidates = _candidates(targets, samples)
     opts = (code, act, alpha, float(bpreg), float(logq), bool(mask_accidental_hits))
     if _use_kernel(hidden.device):
+        columns = None
+        if unique_candidates and hidden.device.type == "cpu":
+            candidates, columns = unique_ids(candidates, weight.shape[0])
         out, workspace = torch.ops.gru4rec.sampled_loss_forward.default(
-            hidden, weight, bias, candidates, log_q, valid, *opts)
+            hidden, weight, bias, candidates, log_q, valid, *opts, columns)
         return SampledLossState(out, candidates, (hidden, weight, bias, candidates, log_q, valid)
-                                + opts, workspace)
+                                + opts, workspace, columns=columns)
     # Reference path: autograd through plain PyTorch on leaf copies of the gathered rows.
     if candidates.numel() and (candidates.min() < 0 or candidates.max() >= weight.shape[0]):
         raise ValueError(f"targets/samples hold an item id out of range [0, {weight.shape[0]})")
@@ -120,8 +131,9 @@ def sampled_loss_forward(hidden, weight, bias, targets, samples, *, loss="cross-
 
 
 def sampled_loss_backward(state: SampledLossState, grad_loss=None):
-    """Backward of the row-sparse pair: (grad_hidden [B,H], candidates [C], grad_weight_rows
-    [C,H], grad_bias_rows [C]); grad_loss (0-dim tensor or number) defaults to 1."""
+    """Backward of the row-sparse pair: (grad_hidden [B,H], candidates [U], grad_weight_rows
+    [U,H], grad_bias_rows [U]); U = C = B + K unless the forward took unique_candidates=True.
+    grad_loss (0-dim tensor or number) defaults to 1."""
     if not isinstance(state, SampledLossState):
         raise TypeError("state must be the SampledLossState that sampled_loss_forward returned")
     like = state.loss
@@ -135,16 +147,16 @@ def sampled_loss_backward(state: SampledLossState, grad_loss=None):
         return grads[0], state.candidates, grads[1], grads[2]
     a = state._args
     grad_hidden, grad_weight_rows, grad_bias_rows = torch.ops.gru4rec.sampled_loss_backward.default(
-        grad_loss, *a, state._workspace)
+        grad_loss, *a, state._workspace, state._columns)
     return grad_hidden, state.candidates, grad_weight_rows, grad_bias_rows
 
 
 # ---- torch.library registrations (autograd of the forward op, fake kernels of both ops) ----
 
 def _fake_forward(hidden, weight, bias, candidates, log_q, valid, loss, activation, elu_alpha,
-                  bpreg, logq, mask_hits):
+                  bpreg, logq, mask_hits, columns=None):
     B, H = hidden.shape
-    C = candidates.shape[0]
+    C = candidates.shape[0]  # the gathered rows (U when columns are given)
     if weight.shape[1] != H:
         raise RuntimeError(f"sampled_loss: weight has H={weight.shape[1]} columns but hidden has H={H}")
     for name, t in (("weight", weight), ("bias", bias), ("candidates", candidates)):
@@ -154,7 +166,7 @@ def _fake_forward(hidden, weight, bias, candidates, log_q, valid, loss, activati
 
 
 def _fake_backward(grad_loss, hidden, weight, bias, candidates, log_q, valid, loss, activation,
-                   elu_alpha, bpreg, logq, mask_hits, workspace):
+                   elu_alpha, bpreg, logq, mask_hits, workspace, columns=None):
     B, H = hidden.shape
     C = candidates.shape[0]
     return hidden.new_empty((B, H)), hidden.new_empty((C, H)), hidden.new_empty((C,))
@@ -162,21 +174,22 @@ def _fake_backward(grad_loss, hidden, weight, bias, candidates, log_q, valid, lo
 
 def _setup_context(ctx, inputs, output):
     hidden, weight, bias, candidates, log_q, valid = inputs[:6]
-    ctx.opts = tuple(inputs[6:])
-    ctx.save_for_backward(hidden, weight, bias, candidates, log_q, valid, output[1])
+    ctx.opts = tuple(inputs[6:12])
+    ctx.save_for_backward(hidden, weight, bias, candidates, log_q, valid, output[1],
+                          inputs[12] if len(inputs) > 12 else None)
     ctx.weight_shape = weight.shape
     ctx.bias_shape = bias.shape
     ctx.mark_non_differentiable(output[1])
 
 
 def _backward(ctx, grad_loss, _grad_workspace):
-    hidden, weight, bias, candidates, log_q, valid, workspace = ctx.saved_tensors
+    hidden, weight, bias, candidates, log_q, valid, workspace, columns = ctx.saved_tensors
     grad_hidden, grad_w_rows, grad_b_rows = torch.ops.gru4rec.sampled_loss_backward.default(
-        grad_loss, hidden, weight, bias, candidates, log_q, valid, *ctx.opts, workspace)
+        grad_loss, hidden, weight, bias, candidates, log_q, valid, *ctx.opts, workspace, columns)
     need = ctx.needs_input_grad
     grad_weight = _dense_from_rows(grad_w_rows, candidates, ctx.weight_shape) if need[1] else None
     grad_bias = _dense_from_rows(grad_b_rows, candidates, ctx.bias_shape) if need[2] else None
-    return (grad_hidden if need[0] else None, grad_weight, grad_bias) + (None,) * 9
+    return (grad_hidden if need[0] else None, grad_weight, grad_bias) + (None,) * (len(need) - 3)
 
 
 def _dense_from_rows(rows, candidates, shape):
