@@ -153,8 +153,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sampled_loss_backward_common(
   TORCH_CHECK(workspace.scalar_type() == hidden.scalar_type() &&
                   workspace.device() == hidden.device(),
               "sampled_loss_backward: workspace dtype/device differ from hidden's");
+  // On the CPU a grad_loss of 1 (the trainer's) is read for free and skips a [B,U] product.
+  const bool unit = grad_loss.device().is_cpu() && grad_loss.item<double>() == 1.0;
   const at::Tensor grad_scores =
-      at::mul(workspace_grad_scores(workspace, d), grad_loss.reshape({}).to(hidden.scalar_type()));
+      unit ? workspace_grad_scores(workspace, d)
+           : at::mul(workspace_grad_scores(workspace, d), grad_loss.reshape({}).to(hidden.scalar_type()));
   const at::Tensor rows = workspace_rows(workspace, d);
   at::Tensor grad_hidden = at::mm(grad_scores, rows);
   at::Tensor grad_weight_rows = at::mm(grad_scores.t(), hidden);

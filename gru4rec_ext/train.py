@@ -26,6 +26,11 @@ from .sampling import PopularitySampler
 logger = logging.getLogger("gru4rec_ext")
 
 LOSSES = ("cross-entropy", "bpr-max", "top1-max", "bpr", "top1")
+_INPUT_MODES = {"shared": 0, "embedding": 1, "onehot": 2}  # gru4rec::train_step_'s input_mode
+
+
+def _TRAIN_STEP(*args):
+    return torch.ops.gru4rec.train_step_.default(*args)
 LOG_EVERY = 100
 CHECKPOINT_NAME = "last.pt"
 
@@ -55,6 +60,13 @@ class OutputLoss:
 
     def __call__(self, hidden, targets, samples, valid, log_q):
         return self._call(hidden, targets, samples, valid, log_q)
+
+    def codes(self) -> tuple:
+        """(loss, activation, elu_alpha, bpreg, logq, mask_hits) as the compiled ops take them."""
+        from .reference_loss import activation_code, loss_code
+        act, alpha = activation_code(self.model.activation, self.model.elu_alpha)
+        o = self.opts
+        return (loss_code(o["loss"]), act, alpha, o["bpreg"], o["logq"], o["mask_accidental_hits"])
 
     def _kernels(self, hidden, targets, samples, valid, log_q):
         m = self.model
@@ -113,6 +125,18 @@ def _gru_kernels_forward(model: GRU4Rec, x, reset, hidden):
     return x, torch.stack(outs), (reset1, mask_e, layers)
 
 
+_ZEROS: dict = {}
+
+
+def _zeros_like_cached(t: torch.Tensor) -> torch.Tensor:
+    """A zero tensor shaped like `t`, made once per shape, dtype and device (never written to)."""
+    key = (tuple(t.shape), t.dtype, t.device)
+    z = _ZEROS.get(key)
+    if z is None:
+        z = _ZEROS[key] = torch.zeros_like(t)
+    return z
+
+
 def _gru_kernels_backward(model: GRU4Rec, saved, grad_top):
     """Backward of `_gru_kernels_forward`: (grad of the layer-0 input rows or None, [grads per layer])."""
     reset1, mask_e, layers = saved
@@ -124,7 +148,7 @@ def _gru_kernels_backward(model: GRU4Rec, saved, grad_top):
             inp, h0, w, out, workspace, mask = layers[i]
             if mask is not None:
                 g = g * mask
-            g_in, _, g_wih, g_whh, g_bih, g_bhh = bwd(g.unsqueeze(0).contiguous(), torch.zeros_like(h0), inp, reset1,
+            g_in, _, g_wih, g_whh, g_bih, g_bhh = bwd(g.unsqueeze(0).contiguous(), _zeros_like_cached(h0), inp, reset1,
                                                       h0, *w, out, workspace, model._variant_codes[i],
                                                       i > 0 or inp.is_floating_point(), False)
             grads[i] = (g_wih, g_whh, g_bih, g_bhh)
@@ -236,8 +260,26 @@ class Trainer:
                                   sparse_kernel=None if model.backend == "kernels" else False)
         self.output_loss = OutputLoss(model, loss=loss, bpreg=bpreg, logq=logq,
                                       mask_accidental_hits=mask_accidental_hits)
+        # CPU with the kernels: each step is one call of gru4rec::train_step_ (fused_step=False: the
+        # Python sequence of ops, which computes the same).
+        self.fused_step = (model.backend == "kernels" and self.device.type == "cpu"
+                           and _extension.has_kernel("train_step_", "CPU"))
         if self.resume:
             self._resume()
+
+    def _fused_step_args(self) -> tuple:
+        """The arguments of `gru4rec::train_step_` that stay the same from step to step."""
+        m, opt, sampler = self.model, self.optimizer, self.sampler
+        names = ["Wy", "By"] + (["E"] if m.E is not None else [])
+        gru_names = list(m.gru_parameters())
+        params = {**m.gru_parameters(), "Wy": m.Wy, "By": m.By, "E": m.E}
+        mom = (lambda n: [opt.mom[x] for x in n]) if self.momentum > 0 else (lambda n: [])
+        use_logq = self.logq > 0
+        return (sampler._log_count if use_logq else None, sampler._log_weight if use_logq else None,
+                [params[n].detach() for n in names], [opt.acc[n] for n in names], mom(names),
+                [params[n].detach() for n in gru_names], [opt.acc[n] for n in gru_names], mom(gru_names),
+                list(m._variant_codes), _INPUT_MODES[m.input_mode], m.dropout_p_embed, m.dropout_p_hidden,
+                *self.output_loss.codes(), self.learning_rate, self.momentum, opt.eps)
 
     def _check_kernels(self) -> None:
         """backend "kernels" calls the compiled ops directly: they must exist for the device."""
@@ -325,15 +367,20 @@ class Trainer:
         bar = tqdm(total=n_steps, disable=not self.progress, desc=f"epoch {epoch + 1}/{self.n_epochs}",
                    unit="step", leave=False)
         last_t, last_s = t0, 0
+        fused = self._fused_step_args() if self.fused_step else None
         for s in range(n_steps):
             inputs, targets = inputs_all[s], targets_all[s]
             samples = sampler.draw(k)
-            log_q = sampler.log_q(targets, samples) if use_logq else None
-            loss, hidden, dense, sparse = compute_step(model, self.output_loss, inputs, targets, reset_all[s],
-                                                       None if full[s] else valid_all[s], samples, hidden, log_q)
-            opt.step_dense(list(dense.values()))
-            for name, (idx, rows) in sparse.items():
-                opt.step_sparse(name, idx, rows)
+            if fused is not None:  # the whole step in one compiled call (same sequence as below)
+                loss, hidden = _TRAIN_STEP(inputs, targets, reset_all[s], None if full[s] else valid_all[s], samples,
+                                           *fused[:2], hidden, *fused[2:])
+            else:
+                log_q = sampler.log_q(targets, samples) if use_logq else None
+                loss, hidden, dense, sparse = compute_step(model, self.output_loss, inputs, targets, reset_all[s],
+                                                           None if full[s] else valid_all[s], samples, hidden, log_q)
+                opt.step_dense(list(dense.values()))
+                for name, (idx, rows) in sparse.items():
+                    opt.step_sparse(name, idx, rows)
             window += loss
             if (s + 1) % LOG_EVERY == 0 or s + 1 == n_steps:
                 w = float(window)  # the one host read, every LOG_EVERY steps

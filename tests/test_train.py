@@ -196,3 +196,56 @@ def test_training_on_cuda_improves_recall(small):
     before = evaluate(model.eval(), test_data, progress=False)["standard"]["recall@20"]
     summary = train(model, train_data, n_epochs=2, eval_data=test_data, seed=1, device="cuda", **TRAIN_KW)
     assert summary["metrics"]["standard"]["recall@20"] > before + 0.05
+
+
+FUSED = pytest.mark.skipif(not ext.has_kernel("train_step_", "CPU"), reason="train_step_ kernel not built")
+
+
+@FUSED
+@pytest.mark.parametrize("cfg", [
+    dict(loss="cross-entropy", logq=1.0, momentum=0.2, learning_rate=0.2),
+    dict(loss="bpr-max", bpreg=0.5, momentum=0.0, learning_rate=0.05, final_activation="elu-0.5",
+         dropout_p_embed=0.2),
+    dict(loss="top1-max", constrained_embedding=False, embedding=24, layers=[32, 32], dropout_p_embed=0.25,
+         momentum=0.1, learning_rate=0.05, mask_accidental_hits=True),
+    dict(loss="bpr", constrained_embedding=False, layers=[32], momentum=0.1, learning_rate=0.05,
+         final_activation="tanh"),
+    dict(loss="top1", layers=[32], momentum=0.0, learning_rate=0.05, variant="gru4rec"),
+], ids=["xe-shared", "bprmax-elu", "top1max-embedding-2layers", "bpr-onehot", "top1-gru4rec-variant"])
+def test_fused_step_equals_python_sequence(cfg):
+    """gru4rec::train_step_ trains to the same weights, bit for bit, as the trainer's sequence of ops,
+    over a whole epoch of a small slice (so the tail steps with masked rows are included)."""
+    train_data, _, item_map = rsc15_slice(60, 10)
+    model_keys = ("layers", "constrained_embedding", "embedding", "dropout_p_embed", "final_activation", "variant")
+    mkw = {k: cfg.pop(k) for k in model_keys if k in cfg}
+    states, losses = [], []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        model = GRU4Rec(item_map.n_items, mkw.get("layers", [32]), dropout_p_hidden=0.3, backend="kernels",
+                        **{k: v for k, v in mkw.items() if k != "layers"})
+        trainer = Trainer(model, train_data, n_epochs=1, batch_size=8, n_sample=40, progress=False, seed=3, **cfg)
+        assert trainer.fused_step
+        trainer.fused_step = fused
+        losses.append(trainer.run_epoch(0)["loss"])
+        states.append(model.state_dict())
+    assert losses[0] == losses[1]
+    for k in states[0]:
+        assert torch.equal(states[0][k], states[1][k]), k
+
+
+@FUSED
+def test_fused_step_errors():
+    args = dict(variants=[0], input_mode=5, dropout_embed=0.0, dropout_hidden=0.0, loss=4, activation=0,
+                elu_alpha=1.0, bpreg=0.0, logq=0.0, mask_hits=False, lr=0.1, momentum=0.0, eps=1e-6)
+    w = [torch.zeros(4, 2), torch.zeros(4)]
+    gru = [torch.zeros(6, 2), torch.zeros(6, 2), torch.zeros(6), torch.zeros(6)]
+    ids = torch.tensor([0, 1])
+    call = lambda **over: torch.ops.gru4rec.train_step_(
+        ids, ids, torch.zeros(2, dtype=torch.bool), None, ids, None, None, torch.zeros(1, 2, 2), w,
+        [torch.zeros_like(t) for t in w], [], gru, [torch.zeros_like(t) for t in gru], [], **{**args, **over})
+    with pytest.raises(RuntimeError, match="unknown input_mode 5"):
+        call()
+    with pytest.raises(RuntimeError, match="4 tensors per layer \\(2 layers\\)"):
+        call(input_mode=0, variants=[0, 0])
+    with pytest.raises(RuntimeError, match="needs log_count and log_weight"):
+        call(input_mode=0, logq=1.0)
