@@ -109,6 +109,11 @@ class PopularitySampler:
         return torch.cat([self._log_count.index_select(0, targets),
                           self._log_weight.index_select(0, samples)])
 
+    def log_q_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log count, alpha * log count), float32 [N] each: `log_q` gathers targets from the first
+        and samples from the second (gru4rec::train_step_ takes them as they are)."""
+        return self._log_count, self._log_weight
+
     def probabilities(self) -> torch.Tensor:
         """The normalised sampling distribution, float64 [N] (for tests and inspection)."""
         return self._p.clone()

@@ -4,7 +4,8 @@ One step: gather the input rows, run the GRU layers (autograd for the GRU part o
 sampled loss of the output layer and its row-sparse gradient (`sampled_loss_forward` /
 `sampled_loss_backward`), backpropagate `grad_hidden` into the GRU weights and the gathered input
 rows, then update the touched item rows (one sparse update, duplicates summed) and the GRU weights
-(dense). The hot loop keeps SPEC section 8's rules: the epoch schedule lives on the device, shapes
+(dense). On the CPU with the compiled kernels that whole sequence is one call of
+`gru4rec::train_step_` (csrc/train_step.cpp), which runs the same ops in the same order. The hot loop keeps SPEC section 8's rules: the epoch schedule lives on the device, shapes
 are fixed (valid mask at the tail), samples come from a device-side cache, the loss is accumulated
 on the device and read only every `LOG_EVERY` steps.
 """
@@ -200,6 +201,8 @@ class Trainer:
     Construction seeds torch's global RNG with `seed` (dropout masks draw from it), moves the
     model to `device`, and builds the sampler (its own generator, seeded with `seed`) and the
     optimizer; `fit()` runs the epochs. On the CPU the same seed gives identical weights.
+    `fused_step` (True on the CPU when the kernels are built) runs each step as one
+    `gru4rec::train_step_` call; False runs the same sequence of ops from Python (same weights).
     Known deviation from the authors: at an epoch's tail the batch keeps B rows with a valid mask
     instead of shrinking, so the empty rows' dummy target (item 0) still serves as a negative.
     """
@@ -274,8 +277,8 @@ class Trainer:
         gru_names = list(m.gru_parameters())
         params = {**m.gru_parameters(), "Wy": m.Wy, "By": m.By, "E": m.E}
         mom = (lambda n: [opt.mom[x] for x in n]) if self.momentum > 0 else (lambda n: [])
-        use_logq = self.logq > 0
-        return (sampler._log_count if use_logq else None, sampler._log_weight if use_logq else None,
+        log_q_tables = sampler.log_q_tables() if self.logq > 0 else (None, None)
+        return (*log_q_tables,
                 [params[n].detach() for n in names], [opt.acc[n] for n in names], mom(names),
                 [params[n].detach() for n in gru_names], [opt.acc[n] for n in gru_names], mom(gru_names),
                 list(m._variant_codes), _INPUT_MODES[m.input_mode], m.dropout_p_embed, m.dropout_p_hidden,
