@@ -3,9 +3,9 @@
 One step = T=1 forward + backward through autograd (dense input, E = H, resets at random rows),
 at the sizes of the published presets (B=32/H=100 and B=80/H=224). Both implementations are
 timed side by side in one run, rotating a few input sets, with torch.utils.benchmark's
-blocked_autorange; the table gives median microseconds per step, the speed-up, and the time of
-the six matrix products of a step alone (the floor both share: at these sizes the step is mostly
-BLAS time, which caps the possible speed-up).
+blocked_autorange; the table gives median microseconds per step, the speed-up, our two ops called
+without the autograd layer, and the time of the six matrix products of a step alone (the floor
+both share: ref/GEMMs is the largest speed-up any implementation of the step could have here).
 
     PYTHONPATH=. python benchmarks/bench_gru_cpu.py [--threads 1] [--variants cudnn gru4rec]
 """
@@ -50,6 +50,21 @@ def make_gemm_floor(sets):
     return gemms
 
 
+def make_ops_only(sets, variant):
+    """Our two ops called directly, without the autograd layer of torch.library (the same work as
+    `ours`: every gradient, grad of out and h_n all ones): the rest of `ours` is that layer."""
+    cycle = itertools.cycle([[t.detach() for t in s] for s in sets])
+    fwd, bwd = torch.ops.gru4rec.session_gru_forward.default, torch.ops.gru4rec.session_gru_backward.default
+    code = 0 if variant == "cudnn" else 1
+
+    def ops():
+        x, reset, h0, w_ih, w_hh, b_ih, b_hh = next(cycle)
+        out, h_n, ws = fwd(x, reset, h0, w_ih, w_hh, b_ih, b_hh, code)
+        bwd(torch.ones_like(out), torch.ones_like(h_n), x, reset, h0, w_ih, w_hh, b_ih, b_hh, out, ws, code, True,
+            True)
+    return ops
+
+
 def make_step(fn, sets, variant):
     cycle = itertools.cycle(sets)
 
@@ -74,15 +89,17 @@ def main():
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, T=1 forward+backward")
     print(f"{'variant':8s} {'B':>4s} {'H':>4s} {'ours us':>9s} {'ref us':>9s} {'speed-up':>9s} "
-          f"{'6 GEMMs us':>11s}")
+          f"{'ops only us':>12s} {'6 GEMMs us':>11s} {'ref/GEMMs':>10s}")
     for variant in args.variants:
         for B, H in SIZES:
             sets = input_sets(B, H)
-            rounds = {"ours": [], "ref": [], "gemm": []}
+            rounds = {"ours": [], "ref": [], "ops": [], "gemm": []}
+            makers = {"ours": lambda: make_step(session_gru, sets, variant),
+                      "ref": lambda: make_step(session_gru_reference, sets, variant),
+                      "ops": lambda: make_ops_only(sets, variant), "gemm": lambda: make_gemm_floor(sets)}
             for _ in range(args.repeat):  # alternate, so that machine noise hits all alike
-                for name, fn in (("ours", session_gru), ("ref", session_gru_reference),
-                                 ("gemm", None)):
-                    step = make_step(fn, sets, variant) if fn else make_gemm_floor(sets)
+                for name, make in makers.items():
+                    step = make()
                     for _ in range(20):  # warm-up
                         step()
                     timer = benchmark.Timer(stmt="step()", globals={"step": step},
@@ -91,7 +108,8 @@ def main():
                     rounds[name].append(m.median * 1e6)
             times = {k: sorted(v)[len(v) // 2] for k, v in rounds.items()}
             print(f"{variant:8s} {B:4d} {H:4d} {times['ours']:9.1f} {times['ref']:9.1f} "
-                  f"{times['ref'] / times['ours']:8.2f}x {times['gemm']:11.1f}")
+                  f"{times['ref'] / times['ours']:8.2f}x {times['ops']:12.1f} {times['gemm']:11.1f} "
+                  f"{times['ref'] / times['gemm']:9.2f}x")
 
 
 if __name__ == "__main__":
