@@ -198,16 +198,31 @@ std::tuple<Tensor, Tensor> train_step_cpu(
   }
   if (g.defined() && mask_e.defined()) g = g * mask_e;
 
+  // Epoch tail: rows without a session take no part in the updates either (their target items,
+  // unless sampled or another row's target, and their input rows are not touched).
+  Tensor upd_items = unique, upd_w = grad_w, upd_b = grad_b, upd_inputs = inputs;
+  if (valid.has_value() && valid->defined()) {
+    const Tensor keep = at::isin(unique, at::cat({targets.index({*valid}), samples}));
+    upd_items = unique.index({keep});
+    upd_w = grad_w.index({keep});
+    upd_b = grad_b.index({keep});
+    if (g.defined()) {
+      upd_inputs = inputs.index({*valid});
+      g = g.index({*valid});
+    }
+  }
+
   // Updates: the GRU densely, the item tables on their touched rows (AdagradM's order).
   dense_adagrad_op().call(gru_params, gru_accs, momentum > 0 ? gru_moms : at::TensorList(), gru_grads, lr, momentum,
                           eps);
   const auto mom_of = [&](size_t t) { return momentum > 0 ? table_moms[t] : Tensor(); };
-  sparse_update(By, table_accs[1], mom_of(1), unique, grad_b, lr, momentum, eps);
+  sparse_update(By, table_accs[1], mom_of(1), upd_items, upd_b, lr, momentum, eps);
   if (input_mode == kShared) {  // one update, so that a row touched twice is updated once
-    sparse_update(Wy, table_accs[0], mom_of(0), at::cat({unique, inputs}), at::cat({grad_w, g}), lr, momentum, eps);
+    sparse_update(Wy, table_accs[0], mom_of(0), at::cat({upd_items, upd_inputs}), at::cat({upd_w, g}), lr, momentum,
+                  eps);
   } else {
-    sparse_update(Wy, table_accs[0], mom_of(0), unique, grad_w, lr, momentum, eps);
-    if (has_e) sparse_update(tables[2], table_accs[2], mom_of(2), inputs, g, lr, momentum, eps);
+    sparse_update(Wy, table_accs[0], mom_of(0), upd_items, upd_w, lr, momentum, eps);
+    if (has_e) sparse_update(tables[2], table_accs[2], mom_of(2), upd_inputs, g, lr, momentum, eps);
   }
   return {loss_value, at::stack(outs)};
 }

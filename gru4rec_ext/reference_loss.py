@@ -6,8 +6,9 @@ It is the ground truth of the kernel tests, the fallback when the compiled kerne
 and the "unfused baseline" of the benchmarks.
 
 Candidates are the B targets followed by the K samples (C = B + K). Row b's positive is column b;
-its negatives are every other column, minus (with mask_accidental_hits) the columns whose item id
-equals row b's target. N_s is the number of negatives of the row. A ranking loss (everything but
+its negatives are every other column, minus the target columns of invalid rows (`valid`: rows
+without a session at an epoch's tail take no part at all), and minus (with mask_accidental_hits)
+the columns whose item id equals row b's target. N_s is the number of negatives of the row. A ranking loss (everything but
 cross-entropy) of a row with no negatives is 0. The batch loss is the sum over valid rows
 divided by B.
 """
@@ -78,6 +79,8 @@ def ranking_loss_from_rows(hidden, weight_rows, bias_rows, candidates, *, loss_c
     is_pos = torch.zeros(B, C, dtype=torch.bool, device=hidden.device)
     is_pos[rows, rows] = True
     neg = ~is_pos
+    if valid is not None:  # a row without a session (epoch tail) is not there: its column is no negative
+        neg[:, :B] &= valid[None, :]
     if mask_accidental_hits:
         neg &= candidates[None, :] != candidates[:B, None]
     n_neg = neg.sum(1)

@@ -185,6 +185,11 @@ def compute_step(model: GRU4Rec, output_loss: OutputLoss, inputs, targets, reset
         grads = torch.autograd.grad(top, wrt, grad_hidden)
         dense = dict(zip(gru_params, grads[1:] if leaf else grads))
         grad_x = grads[0] if leaf else None
+    if valid is not None:  # epoch tail: rows without a session take no part in the updates either
+        keep = torch.isin(candidates, torch.cat([targets[valid], samples]))
+        candidates, grad_w, grad_b = candidates[keep], grad_w[keep], grad_b[keep]
+        if grad_x is not None:
+            inputs, grad_x = inputs[valid], grad_x[valid]
     sparse = {"By": (candidates, grad_b)}
     if model.input_mode == "shared":  # one update so a row touched twice is updated once
         sparse["Wy"] = (torch.cat([candidates, inputs]), torch.cat([grad_w, grad_x]))
@@ -203,8 +208,8 @@ class Trainer:
     optimizer; `fit()` runs the epochs. On the CPU the same seed gives identical weights.
     `fused_step` (True on the CPU when the kernels are built) runs each step as one
     `gru4rec::train_step_` call; False runs the same sequence of ops from Python (same weights).
-    Known deviation from the authors: at an epoch's tail the batch keeps B rows with a valid mask
-    instead of shrinking, so the empty rows' dummy target (item 0) still serves as a negative.
+    At an epoch's tail the batch keeps B rows with a valid mask instead of shrinking (the authors
+    shrink it); the empty rows take no part in the loss, as negatives, or in the updates.
     """
 
     def __init__(self, model: GRU4Rec, train_data, *, n_epochs: int = 10, batch_size: int = 32,

@@ -296,3 +296,24 @@ def test_fallback_to_reference_is_logged_once(monkeypatch, caplog):
     assert "sampled_loss_forward runs the pure-PyTorch reference" in caplog.records[0].getMessage()
     ref = sampled_ranking_loss_reference(*args, loss="top1")
     assert torch.equal(out1, ref) and torch.equal(out2, ref)
+
+
+@pytest.mark.parametrize("mask", [False, True])
+@pytest.mark.parametrize("loss", LOSSES)
+def test_invalid_row_is_absent(device, loss, mask):
+    """An invalid row (epoch tail) takes no part: the summed loss and its gradients equal those of
+    the batch without that row (its target column is not a negative of the others)."""
+    inputs = make_inputs(6, 20, 5, 30, device=device, seed=11)
+    inputs["valid"] = torch.tensor([True, True, False, True, False, True], device=device)
+    opts = options(loss, "tanh", mask, inputs)
+    full, full_g = loss_and_grads(sampled_ranking_loss, inputs, opts)
+    keep = inputs["valid"]
+    shrunk = dict(inputs, hidden=inputs["hidden"][keep], targets=inputs["targets"][keep])
+    shrunk_opts = dict(opts, valid=None)
+    if "log_q" in opts:
+        shrunk_opts["log_q"] = torch.cat([inputs["log_q"][:6][keep], inputs["log_q"][6:]])
+    part, part_g = loss_and_grads(sampled_ranking_loss, shrunk, shrunk_opts)
+    assert rel_err(full * 6, part * 4) < 1e-5
+    assert rel_err(full_g[0][keep] * 6, part_g[0] * 4) < 1e-5 and (full_g[0][~keep] == 0).all()
+    for a, b in zip(full_g[1:], part_g[1:]):
+        assert rel_err(a * 6, b * 4) < 1e-5

@@ -249,3 +249,26 @@ def test_fused_step_errors():
         call(input_mode=0, variants=[0, 0])
     with pytest.raises(RuntimeError, match="needs log_count and log_weight"):
         call(input_mode=0, logq=1.0)
+
+
+@pytest.mark.parametrize("backend", ["kernels", "reference"])
+@pytest.mark.parametrize("mode", [dict(), dict(constrained_embedding=False, embedding=8)])
+def test_tail_rows_take_no_part_in_updates(backend, mode):
+    """At an epoch's tail (valid mask) the invalid rows' targets and inputs are not updated."""
+    from gru4rec_ext.train import OutputLoss, compute_step
+    if backend == "kernels" and not ext.has_kernel("train_step_", "CPU"):
+        pytest.skip("kernels not built")
+    torch.manual_seed(0)
+    model = GRU4Rec(50, [16], backend=backend, **mode)
+    out = OutputLoss(model, loss="bpr-max", bpreg=0.5, logq=0.0, mask_accidental_hits=False)
+    inputs, targets = torch.tensor([1, 2, 3, 4]), torch.tensor([5, 6, 7, 8])
+    valid = torch.tensor([True, False, True, False])
+    samples = torch.tensor([9, 10, 5, 11])
+    _, _, _, sparse = compute_step(model, out, inputs, targets, torch.zeros(4, dtype=torch.bool), valid, samples,
+                                   model.init_hidden(4), None)
+    assert set(sparse["By"][0].tolist()) == {5, 7, 9, 10, 11}
+    touched = set(sparse["Wy"][0].tolist())
+    assert {6, 8}.isdisjoint(touched) and {5, 7, 9, 10, 11} <= touched
+    inputs_table = "Wy" if not mode else "E"
+    assert {2, 4}.isdisjoint(sparse[inputs_table][0].tolist())
+    assert {1, 3} <= set(sparse[inputs_table][0].tolist())

@@ -343,15 +343,19 @@ GRU4REC_ROWS_INLINE inline bool row_loss_grad(const acc_t* __restrict__ r, const
 
 // The fused row pass: S [B,U] raw scores in, dL/dS (scaled by 1/B) out in place; cols [C] (the
 // gathered row of each loss column) or null (then U = C and column j is row j); cand [U] int64,
-// log_q [C] or null, valid [B] or null, row_loss [B] (scaled). With cols, a row's columns are
-// gathered from S first and their gradients summed back per gathered row (in column order).
+// log_q [C] or null, valid [B] or null (an invalid row has no loss and its target column is no
+// negative), row_loss [B] (scaled). With cols, a row's columns are gathered from S first and their
+// gradients summed back per gathered row (in column order).
 template <int kLoss, typename scalar_t>
 void row_pass_cpu(scalar_t* S, const int64_t* cols, const int64_t* cand, const scalar_t* log_q,
                   const bool* valid, int64_t B, int64_t C, int64_t U, const lm::LossParams<scalar_t>& p,
                   scalar_t* row_loss) {
   using acc_t = scalar_t;
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(C, 1));
-  const bool need_nm = p.loss != lm::kCrossEntropy || p.mask_hits;  // else every other column is a negative
+  bool all_valid = true;
+  for (int64_t b = 0; valid && b < B; ++b) all_valid = all_valid && valid[b];
+  // Otherwise every column but the row's own is a negative (cross-entropy then skips the selects).
+  const bool need_nm = p.loss != lm::kCrossEntropy || p.mask_hits || !all_valid;
   at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
     RowScratch<acc_t> s(C);
     std::vector<acc_t> r(C), g(C), nm(C), shift(log_q ? C : 0), xs(cols ? C : 0), ds(cols ? C : 0);
@@ -381,7 +385,9 @@ void row_pass_cpu(scalar_t* S, const int64_t* cols, const int64_t* cand, const s
       if (need_nm) {
         ns = 0;
         for (int64_t j = 0; j < C; ++j) {
-          const bool is_neg = j != b && !(p.mask_hits && cand[cols ? cols[j] : j] == target);
+          // An invalid row (epoch tail) is absent: its target column is nobody's negative.
+          const bool is_neg = j != b && !(j < B && !all_valid && !valid[j]) &&
+                              !(p.mask_hits && cand[cols ? cols[j] : j] == target);
           nm[j] = is_neg ? acc_t(1) : acc_t(0);
           ns += is_neg;
         }

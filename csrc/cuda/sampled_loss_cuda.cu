@@ -58,7 +58,7 @@ __device__ __forceinline__ void block_reduce(acc_t (&vals)[NV], acc_t* partials,
 
 // The fused row pass, one block per row b: S [B,C] raw scores in, dL/dS (times scale = 1/B) out
 // in place; cand [C] int64; log_q [C] or null (cross-entropy with logq > 0 only); valid [B] or
-// null; row_loss [B] (accumulation type, times scale). Activated scores are recomputed from S in
+// null (an invalid row has no loss and its column is no negative); row_loss [B] (accumulation type, times scale). Activated scores are recomputed from S in
 // every pass (S stays in L1/L2), so no scratch memory is needed.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
@@ -81,7 +81,12 @@ __global__ void __launch_bounds__(kThreads)
   }
   const int64_t target = cand[b];
   auto act = [&](acc_t x) { return lm::activate(x, p.activation, p.elu_alpha); };
-  auto is_neg = [&](int64_t j) { return j != b && !(p.mask_hits && cand[j] == target); };
+  // Negatives: every other column, except the target columns of invalid rows (absent at an epoch's
+  // tail) and, with mask_hits, the columns holding this row's target item.
+  const int64_t B = static_cast<int64_t>(gridDim.x);
+  auto is_neg = [&](int64_t j) {
+    return j != b && !(valid != nullptr && j < B && !valid[j]) && !(p.mask_hits && cand[j] == target);
+  };
   auto write = [&](int64_t j, acc_t x, acc_t r, acc_t g) {
     row[j] = static_cast<scalar_t>(g * lm::activate_grad(x, r, p.activation, p.elu_alpha) * p.scale);
   };

@@ -55,8 +55,9 @@ def sampled_ranking_loss(hidden, weight, bias, targets, samples, *, loss="cross-
     [B], samples int64 [K] (candidates = targets then samples). loss: "bpr", "top1", "bpr-max",
     "top1-max", "cross-entropy" (or "xe"); activation: "linear", "tanh", "elu", "elu-<alpha>".
     bpreg: BPR-max's score regularisation; logq > 0: cross-entropy subtracts logq * log_q [B+K]
-    from every score; valid bool [B]; mask_accidental_hits: a column holding row b's target id
-    is not a negative of row b. Differentiable w.r.t. hidden, weight and bias.
+    from every score; valid bool [B] (an invalid row has no loss, and its target column is no
+    row's negative); mask_accidental_hits: a column holding row b's target id is not a negative
+    of row b. Differentiable w.r.t. hidden, weight and bias.
     """
     code, act, alpha = _check_names_and_log_q(loss, activation, elu_alpha, logq, log_q)
     if not _use_kernel(hidden.device):
