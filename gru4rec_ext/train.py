@@ -282,7 +282,7 @@ class Trainer:
         gru_names = list(m.gru_parameters())
         params = {**m.gru_parameters(), "Wy": m.Wy, "By": m.By, "E": m.E}
         mom = (lambda n: [opt.mom[x] for x in n]) if self.momentum > 0 else (lambda n: [])
-        log_q_tables = sampler.log_q_tables() if self.logq > 0 else (None, None)
+        log_q_tables = tuple(t.to(m.Wy.dtype) for t in sampler.log_q_tables()) if self.logq > 0 else (None, None)
         return (*log_q_tables,
                 [params[n].detach() for n in names], [opt.acc[n] for n in names], mom(names),
                 [params[n].detach() for n in gru_names], [opt.acc[n] for n in gru_names], mom(gru_names),
@@ -370,6 +370,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         window = torch.zeros((), device=self.device)
         use_logq = self.logq > 0
+        dtype = model.Wy.dtype  # the sampler's log q tables are float32
         k = self.n_sample
         inputs_all, targets_all, reset_all, valid_all = sched.inputs, sched.targets, sched.reset, sched.valid
         bar = tqdm(total=n_steps, disable=not self.progress, desc=f"epoch {epoch + 1}/{self.n_epochs}",
@@ -383,7 +384,7 @@ class Trainer:
                 loss, hidden = _TRAIN_STEP(inputs, targets, reset_all[s], None if full[s] else valid_all[s], samples,
                                            *fused[:2], hidden, *fused[2:])
             else:
-                log_q = sampler.log_q(targets, samples) if use_logq else None
+                log_q = sampler.log_q(targets, samples).to(dtype) if use_logq else None
                 loss, hidden, dense, sparse = compute_step(model, self.output_loss, inputs, targets, reset_all[s],
                                                            None if full[s] else valid_all[s], samples, hidden, log_q)
                 opt.step_dense(list(dense.values()))

@@ -272,3 +272,20 @@ def test_tail_rows_take_no_part_in_updates(backend, mode):
     inputs_table = "Wy" if not mode else "E"
     assert {2, 4}.isdisjoint(sparse[inputs_table][0].tolist())
     assert {1, 3} <= set(sparse[inputs_table][0].tolist())
+
+
+@FUSED
+def test_fused_step_float64_without_samples():
+    """A float64 model trains (the sampler's float32 log q tables are converted), with K = 0, and
+    the fused step still equals the Python sequence."""
+    train_data, _, item_map = rsc15_slice(60, 10)
+    results = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        model = GRU4Rec(item_map.n_items, [16], dropout_p_hidden=0.2, backend="kernels").double()
+        trainer = Trainer(model, train_data, n_epochs=1, batch_size=8, n_sample=0, loss="cross-entropy", logq=1.0,
+                          momentum=0.1, progress=False, seed=2)
+        trainer.fused_step = fused
+        results.append((trainer.run_epoch(0)["loss"], model.Wy.detach().clone()))
+    assert math.isfinite(results[0][0]) and results[0][0] == results[1][0]
+    assert results[0][1].dtype == torch.float64 and torch.equal(results[0][1], results[1][1])
