@@ -30,8 +30,7 @@ LOSSES = ("cross-entropy", "bpr-max", "top1-max", "bpr", "top1")
 _INPUT_MODES = {"shared": 0, "embedding": 1, "onehot": 2}  # gru4rec::train_step_'s input_mode
 
 
-def _TRAIN_STEP(*args):
-    return torch.ops.gru4rec.train_step_.default(*args)
+from .ops.train_step import train_step_ as _TRAIN_STEP  # noqa: E402  (one compiled call per step)
 LOG_EVERY = 100
 CHECKPOINT_NAME = "last.pt"
 

@@ -289,3 +289,20 @@ def test_fused_step_float64_without_samples():
         results.append((trainer.run_epoch(0)["loss"], model.Wy.detach().clone()))
     assert math.isfinite(results[0][0]) and results[0][0] == results[1][0]
     assert results[0][1].dtype == torch.float64 and torch.equal(results[0][1], results[1][1])
+
+
+@FUSED
+def test_fused_step_opcheck():
+    """Schema, fake kernel and mutation annotations of gru4rec::train_step_ (a 1-layer model)."""
+    import gru4rec_ext.ops.train_step  # noqa: F401  (registers the fake kernel)
+    torch.manual_seed(0)
+    n, h, b = 12, 4, 3
+    tables = [torch.randn(n, h), torch.zeros(n)]
+    gru = [torch.randn(3 * h, h), torch.randn(3 * h, h), torch.zeros(3 * h), torch.zeros(3 * h)]
+    ids = torch.tensor([1, 2, 3])
+    args = (ids, torch.tensor([4, 5, 6]), torch.zeros(b, dtype=torch.bool), None, torch.tensor([7, 1]),
+            torch.zeros(n), torch.zeros(n), torch.zeros(1, b, h), tables, [torch.zeros_like(t) for t in tables],
+            [torch.zeros_like(t) for t in tables], gru, [torch.zeros_like(t) for t in gru],
+            [torch.zeros_like(t) for t in gru], [0], 0, 0.0, 0.0, 4, 0, 1.0, 0.0, 1.0, False, 0.1, 0.2, 1e-6)
+    torch.library.opcheck(torch.ops.gru4rec.train_step_.default, args,
+                          test_utils=("test_schema", "test_faketensor"))
