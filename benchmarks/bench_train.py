@@ -44,6 +44,8 @@ def run_backend(backend, cfg, train_data, test_data, args, device):
                       sample_alpha=cfg["sample_alpha"], loss=cfg["loss"], bpreg=cfg["bpreg"], logq=cfg["logq"],
                       learning_rate=cfg["learning_rate"], momentum=cfg["momentum"], seed=args.seed, device=device,
                       progress=False)
+    if args.no_fused_step:
+        trainer.fused_step = False
     model.train()
     trainer.run_epoch(0, max_steps=args.warmup)
     if device.type == "cuda":
@@ -76,6 +78,8 @@ def main(argv=None):
     p.add_argument("--eval-batch-size", type=int, default=512)
     p.add_argument("--backends", nargs="+", default=["kernels", "reference"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-fused-step", action="store_true",
+                   help="kernels: run the step as the Python sequence of ops, not one gru4rec::train_step_ call")
     p.add_argument("--out", default=None, help="output folder (default benchmarks/results/<machine>)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -100,7 +104,8 @@ def main(argv=None):
     ref_cpu = REFERENCE_CPU_EVENTS_PER_S.get(args.preset)
     result = {"machine": common.machine_info(device),
               "data": args.data, "test": args.test, "preset": args.preset, "config": cfg, "steps": args.steps,
-              "warmup": args.warmup, "repeat": args.repeat, "runs": runs, "median": summary,
+              "warmup": args.warmup, "repeat": args.repeat, "fused_step": not args.no_fused_step, "runs": runs,
+              "median": summary,
               "authors_cpu_train_events_per_s": ref_cpu}
     def fmt(v):
         return "-" if v is None else format(v, ",.0f")
