@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Quickstart: set up (.venv with torch, gru4rec-ext built from this checkout), then train GRU4Rec with
 # the published rsc15 hyperparameters on the shipped rsc15_100k sample and evaluate it on its test
-# split, printing the metrics table. Training + evaluation take about a minute or two on 2 CPU cores.
+# split, printing the metrics table. Training + evaluation take about 20 s on one CPU thread.
 #   VENV     virtual environment (default .venv)
 #   OUT      where the trained model goes (default quickstart-model.pt)
 #   THREADS  torch CPU threads (default 1: fastest on a small, busy machine)
