@@ -5,8 +5,13 @@
 #   VENV     virtual environment (default .venv)
 #   OUT      where the trained model goes (default quickstart-model.pt)
 #   THREADS  torch CPU threads (default 1: fastest on a small, busy machine)
+#   FORCE_CUDA default here: 0 when no GPU is visible (the quickstart trains on the CPU; compiling
+#            the CUDA kernels would take minutes); scripts/test.sh and CI build them with FORCE_CUDA=1
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ -z "${FORCE_CUDA:-}" ] && ! (command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1); then
+  export FORCE_CUDA=0
+fi
 bash scripts/setup.sh
 VENV=${VENV:-.venv}
 "$VENV/bin/python" -m gru4rec_ext --threads "${THREADS:-1}" train data/rsc15_100k/train.tsv.xz \
