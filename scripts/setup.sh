@@ -19,6 +19,10 @@ if [ -z "${FORCE_CUDA:-}" ]; then
   fi
 fi
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
-echo "gru4rec-ext: building (FORCE_CUDA=${FORCE_CUDA:-0}, MAX_JOBS=$MAX_JOBS); compiling the CUDA kernels takes a few minutes"
+if [ "${FORCE_CUDA:-0}" = "1" ]; then
+  echo "gru4rec-ext: building (FORCE_CUDA=1, MAX_JOBS=$MAX_JOBS); compiling the CUDA kernels takes a few minutes"
+else
+  echo "gru4rec-ext: building (FORCE_CUDA=${FORCE_CUDA:-unset}: CUDA kernels only if a GPU is visible, MAX_JOBS=$MAX_JOBS)"
+fi
 "$PY" -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
 "$PY" -c 'import gru4rec_ext._extension as e; print("gru4rec-ext built:", e.build_info())'
