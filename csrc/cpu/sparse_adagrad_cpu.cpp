@@ -113,9 +113,22 @@ void sparse_adagrad_rows(scalar_t* param, scalar_t* acc, scalar_t* mom, const in
   groups.build(idx, M, N);
   const int64_t G = groups.size();
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(D, 1));
+  // The touched rows are scattered over tables larger than the caches: fetch a few groups ahead.
+  constexpr int64_t kAhead = 8;
+  const int64_t row_bytes = D * static_cast<int64_t>(sizeof(scalar_t));
+  const auto prefetch_row = [&](const scalar_t* base) {
+    const char* c = reinterpret_cast<const char*>(base);
+    for (int64_t off = 0; off < row_bytes; off += 64) __builtin_prefetch(c + off, 1, 1);
+  };
   at::parallel_for(0, G, grain, [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> g(D);
     for (int64_t gi = begin; gi < end; ++gi) {
+      if (gi + kAhead < end) {
+        const int64_t row_ahead = idx[groups.first[gi + kAhead]];
+        prefetch_row(param + row_ahead * D);
+        prefetch_row(acc + row_ahead * D);
+        if (momentum > 0) prefetch_row(mom + row_ahead * D);
+      }
       const int64_t i0 = groups.first[gi];
       const int64_t row = idx[i0];
       const scalar_t* gsum = rows + i0 * D;  // a row touched once: its gradient as is
