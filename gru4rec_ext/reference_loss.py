@@ -8,9 +8,9 @@ and the "unfused baseline" of the benchmarks.
 Candidates are the B targets followed by the K samples (C = B + K). Row b's positive is column b;
 its negatives are every other column, minus the target columns of invalid rows (`valid`: rows
 without a session at an epoch's tail take no part at all), and minus (with mask_accidental_hits)
-the columns whose item id equals row b's target. N_s is the number of negatives of the row. A ranking loss (everything but
-cross-entropy) of a row with no negatives is 0. The batch loss is the sum over valid rows
-divided by B.
+the columns whose item id equals row b's target. N_s is the number of negatives of the row. A
+ranking loss (everything but cross-entropy) of a row with no negatives is 0. The batch loss is the
+sum over valid rows divided by B.
 """
 from __future__ import annotations
 

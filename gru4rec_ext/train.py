@@ -5,9 +5,10 @@ sampled loss of the output layer and its row-sparse gradient (`sampled_loss_forw
 `sampled_loss_backward`), backpropagate `grad_hidden` into the GRU weights and the gathered input
 rows, then update the touched item rows (one sparse update, duplicates summed) and the GRU weights
 (dense). On the CPU with the compiled kernels that whole sequence is one call of
-`gru4rec::train_step_` (csrc/train_step.cpp), which runs the same ops in the same order. The hot loop keeps SPEC section 8's rules: the epoch schedule lives on the device, shapes
-are fixed (valid mask at the tail), samples come from a device-side cache, the loss is accumulated
-on the device and read only every `LOG_EVERY` steps.
+`gru4rec::train_step_` (csrc/train_step.cpp), which runs the same ops in the same order. The hot
+loop keeps SPEC section 8's rules: the epoch schedule lives on the device, shapes are fixed (valid
+mask at the tail), samples come from a device-side cache, the loss is accumulated on the device
+and read only every `LOG_EVERY` steps.
 """
 from __future__ import annotations
 
