@@ -180,6 +180,7 @@ std::tuple<Tensor, Tensor> train_step_cpu(
 
   // Backward through the layers (h0 is detached: no grad_h0).
   std::vector<Tensor> gru_grads(4 * L);
+  const Tensor zero_h = at::zeros_like(hidden[0]);  // grad of h_n: none (read only by the op)
   Tensor g = grad_top;
   for (int64_t i = L - 1; i >= 0; --i) {
     const Saved& s = saved[i];
@@ -187,7 +188,7 @@ std::tuple<Tensor, Tensor> train_step_cpu(
     if (s.mask.defined()) g = g * s.mask;
     const bool need_input = i > 0 || s.inp.is_floating_point();
     auto [g_in, g_h0, g_wih, g_whh, g_bih, g_bhh] =
-        gru_backward_op().call(g.unsqueeze(0).contiguous(), at::zeros_like(hidden[i]), s.inp, reset1, hidden[i], w[0],
+        gru_backward_op().call(g.unsqueeze(0).contiguous(), zero_h, s.inp, reset1, hidden[i], w[0],
                                w[1], w[2], w[3], s.out, s.workspace, variants[i], need_input, false);
     (void)g_h0;
     gru_grads[4 * i] = g_wih.contiguous();
