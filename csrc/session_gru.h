@@ -118,20 +118,24 @@ std::tuple<Tensor, Tensor, Tensor> session_gru_forward_impl(
   };
   const bool* reset_p = reset.const_data_ptr<bool>();
   const int64_t* ids_p = d.ids ? input.const_data_ptr<int64_t>() : nullptr;
+  // Points the step's fields at step t (both variants; gh is the recurrent product just computed).
+  const auto set_step = [&](int64_t t, const Tensor& hprev, const Tensor& gh) {
+    s.gi = d.ids ? w_ih.const_data_ptr() : at_step(gi, t, B * 3 * H);
+    s.ids = d.ids ? ids_p + t * B : nullptr;
+    s.reset = reset_p + t * B;
+    s.hprev = hprev.const_data_ptr();
+    s.gh = gh.const_data_ptr();
+    s.out = at_step_mut(out, t, B * H);
+    s.h_n = t == T - 1 ? h_n.mutable_data_ptr() : nullptr;
+    s.ws = at_step_mut(ws, t, B * 4 * H);
+  };
   if (variant == kCudnn) {
     Tensor gh = at::empty({B, 3 * H}, opts);
     const Tensor w_hh_t = w_hh.t();
     for (int64_t t = 0; t < T; ++t) {
       const Tensor hprev = t == 0 ? h0 : out.select(0, t - 1);
       at::mm_out(gh, hprev, w_hh_t);
-      s.gi = d.ids ? w_ih.const_data_ptr() : at_step(gi, t, B * 3 * H);
-      s.ids = d.ids ? ids_p + t * B : nullptr;
-      s.reset = reset_p + t * B;
-      s.hprev = hprev.const_data_ptr();
-      s.gh = gh.const_data_ptr();
-      s.out = at_step_mut(out, t, B * H);
-      s.h_n = t == T - 1 ? h_n.mutable_data_ptr() : nullptr;
-      s.ws = at_step_mut(ws, t, B * 4 * H);
+      set_step(t, hprev, gh);
       K::forward_cudnn(s);
     }
   } else {
@@ -143,14 +147,7 @@ std::tuple<Tensor, Tensor, Tensor> session_gru_forward_impl(
     for (int64_t t = 0; t < T; ++t) {
       const Tensor hprev = t == 0 ? h0 : out.select(0, t - 1);
       at::mm_out(gh, hprev, w_rz_t);
-      s.gi = d.ids ? w_ih.const_data_ptr() : at_step(gi, t, B * 3 * H);
-      s.ids = d.ids ? ids_p + t * B : nullptr;
-      s.reset = reset_p + t * B;
-      s.hprev = hprev.const_data_ptr();
-      s.gh = gh.const_data_ptr();
-      s.out = at_step_mut(out, t, B * H);
-      s.h_n = t == T - 1 ? h_n.mutable_data_ptr() : nullptr;
-      s.ws = at_step_mut(ws, t, B * 4 * H);
+      set_step(t, hprev, gh);
       K::forward_gru4rec_gates(s);
       at::mm_out(ghc, T == 1 ? rh_all : rh_all.narrow(0, t * B, B), w_c_t);
       s.gh = ghc.const_data_ptr();
