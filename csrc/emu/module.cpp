@@ -1,0 +1,32 @@
+// gru4rec_ext._cuda_emu (test-only): importing it registers torch.ops.gru4rec_emu.*, our CUDA
+// kernels and launch code run on CPU tensors through the host emulation of the CUDA execution
+// model (csrc/emu/cuda_emu.h); tests/test_cuda_emulation.py checks them against the CPU kernels.
+#include <torch/extension.h>
+
+#include <string>
+#include <vector>
+
+#include "cuda/kernels/launch.cuh"
+
+namespace gru4rec_emu {
+std::vector<float> selftest(const std::string& name);  // emu_selftest.cpp
+}
+
+PYBIND11_MODULE(_cuda_emu, m) {
+  m.doc() = "gru4rec-ext CUDA kernels under a host emulation (ops under torch.ops.gru4rec_emu)";
+  m.attr("ops") = pybind11::make_tuple("session_gru_forward", "session_gru_backward",
+                                       "sampled_loss_forward", "sampled_loss_backward",
+                                       "sparse_adagrad_");
+  m.def("selftest", &gru4rec_emu::selftest, pybind11::arg("name"),
+        "Runs one of the emulation's own check kernels; returns its output or raises its error");
+  m.def(
+      "set_max_grid_blocks",
+      [](int64_t blocks) {
+        TORCH_CHECK(blocks >= 1, "set_max_grid_blocks: blocks must be >= 1, got ", blocks);
+        const int64_t old = gru4rec::max_grid_blocks();
+        gru4rec::max_grid_blocks() = blocks;
+        return old;
+      },
+      pybind11::arg("blocks"),
+      "Sets the most blocks a grid-stride launch starts (default 2^16); returns the old value");
+}
