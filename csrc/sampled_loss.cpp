@@ -26,8 +26,10 @@ SampledLossDims check_sampled_loss_args(const at::Tensor& hidden, const at::Tens
   TORCH_CHECK(candidates.dim() == 1, "sampled_loss: candidates must be ",
               has_columns ? "[U] (the item of each gathered row)" : "[C] (targets then samples)", ", got ",
               candidates.dim(), " dims");
-  TORCH_CHECK(at::isFloatingType(hidden.scalar_type()),
-              "sampled_loss: hidden must be a floating tensor, got ", hidden.scalar_type());
+  const auto dtype = hidden.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16,
+              "sampled_loss: hidden has dtype ", dtype, "; the kernels support float32, float64 "
+              "and bfloat16 (not half or float8): convert the model");
   TORCH_CHECK(weight.scalar_type() == hidden.scalar_type(), "sampled_loss: weight dtype ",
               weight.scalar_type(), " differs from hidden dtype ", hidden.scalar_type());
   TORCH_CHECK(bias.scalar_type() == hidden.scalar_type(), "sampled_loss: bias dtype ",
