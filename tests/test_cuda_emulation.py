@@ -76,6 +76,17 @@ def _one_thread_and_report():
             json.dump(dict(sorted(WORST.items())), f, indent=1)
 
 
+@pytest.fixture(params=["low_first", "high_first"])
+def schedule(request):
+    """Kernels with barriers run under both schedules of the emulation: the lowest (highest)
+    ready thread index runs first, so low (high) warps run ahead as far as the barriers allow,
+    and a read of shared memory that a missing barrier leaves unordered sees the stale value
+    under one of them."""
+    old = _cuda_emu.set_schedule(request.param)
+    yield request.param
+    _cuda_emu.set_schedule(old)
+
+
 # ---- tolerances: against the float64 reference, and between the emulated and the CPU kernel ----
 
 REF_TOL = {torch.float32: 1e-5, torch.float64: 1e-10, LOW: 5e-2}
@@ -84,7 +95,7 @@ CPU_TOL = {torch.float32: 1e-5, torch.float64: 1e-12, LOW: 2e-2}
 
 # ---- the emulation itself ----
 
-def test_selftest_block_reduction():
+def test_selftest_block_reduction(schedule):
     x = torch.arange(5000, dtype=torch.float32).remainder(13) - 6 + 0.25
     rows = x.view(5, 1000)
     out = torch.tensor(_cuda_emu.selftest("block_sum"))
@@ -95,9 +106,18 @@ def test_selftest_block_reduction():
     assert torch.allclose(out, (rows * live).double().sum(1).float(), rtol=1e-5)
 
 
-def test_selftest_missing_barrier_changes_results():
+@pytest.mark.parametrize("case,caught_by", [("block_sum_missing_barrier", "low_first"),
+                                             ("block_sum_missing_second_barrier", "high_first")])
+def test_selftest_missing_barrier_changes_results(case, caught_by):
+    """Without the barrier after the warps' partials, warp 0 reads them before the other warps
+    wrote them when low warps run first; without the one before the total is read, the other
+    warps read it before warp 0 wrote it when high warps run first."""
     x = torch.arange(5000, dtype=torch.float32).remainder(13) - 6 + 0.25
-    out = torch.tensor(_cuda_emu.selftest("block_sum_missing_barrier"))
+    old = _cuda_emu.set_schedule(caught_by)
+    try:
+        out = torch.tensor(_cuda_emu.selftest(case))
+    finally:
+        _cuda_emu.set_schedule(old)
     assert not torch.allclose(out, x.view(5, 1000).double().sum(1).float(), rtol=1e-3)
 
 
@@ -340,14 +360,14 @@ def check_loss(inputs, opts, dtype=torch.float32):
 @pytest.mark.parametrize("mask", [False, True])
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("loss", LOSSES)
-def test_loss_every_option(loss, activation, mask):
+def test_loss_every_option(loss, activation, mask, schedule):
     seed = 10 * LOSSES.index(loss) + 2 * ACTIVATIONS.index(activation) + mask
     inputs = make_inputs(19, 37, 8, 50, device="cpu", seed=seed)
     check_loss(inputs, options(loss, activation, mask, inputs))
 
 
 @pytest.mark.parametrize("draw", range(5))
-def test_loss_random_shapes(draw):
+def test_loss_random_shapes(draw, schedule):
     """As test_float32_random_shapes, with B up to 128 rows (one emulated block per row)."""
     g = torch.Generator().manual_seed(100 + draw)
     B = int(torch.randint(1, 129, (1,), generator=g))
@@ -359,7 +379,7 @@ def test_loss_random_shapes(draw):
 
 
 @pytest.mark.parametrize("C", [1, 255, 256, 257, 512, 1000])
-def test_loss_columns_around_the_block_size(C):
+def test_loss_columns_around_the_block_size(C, schedule):
     """C = B + K below, at and above multiples of the 256-thread block."""
     B = 1 if C == 1 else 5
     inputs = make_inputs(B, C - B, 6, 700, device="cpu", seed=C)
@@ -369,14 +389,14 @@ def test_loss_columns_around_the_block_size(C):
 
 @pytest.mark.parametrize("dtype", [torch.float64, LOW], ids=["float64", "bfloat16"])
 @pytest.mark.parametrize("loss", LOSSES)
-def test_loss_dtypes(dtype, loss):
+def test_loss_dtypes(dtype, loss, schedule):
     inputs = make_inputs(24, 300, 16, 400, device="cpu", seed=8)
     check_loss(inputs, options(loss, "tanh", True, inputs), dtype=dtype)
     check_loss(inputs, options(loss, "elu-0.5", False, inputs), dtype=dtype)
 
 
 @pytest.mark.parametrize("loss", LOSSES)
-def test_loss_no_negatives_and_invalid_rows(loss):
+def test_loss_no_negatives_and_invalid_rows(loss, schedule):
     inputs = make_inputs(1, 0, 4, 5, device="cpu")
     check_loss(inputs, options(loss, "linear", False, inputs, with_valid=False))
     inputs = make_inputs(6, 20, 5, 30, device="cpu", seed=11)
@@ -386,14 +406,14 @@ def test_loss_no_negatives_and_invalid_rows(loss):
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("loss", LOSSES)
-def test_loss_huge_scores(loss, activation):
+def test_loss_huge_scores(loss, activation, schedule):
     inputs = make_inputs(8, 200, 16, 100, device="cpu", scale=60.0, seed=5)
     tensors, scalars = loss_args(inputs, options(loss, activation, True, inputs), torch.float32)
     for t in run_loss(EMU, tensors, scalars):
         assert torch.isfinite(t).all()
 
 
-def test_loss_elu_gradient_far_below_zero():
+def test_loss_elu_gradient_far_below_zero(schedule):
     """elu'(x) = alpha exp(x) keeps its digits for x < -17 (r + alpha would round to 0)."""
     tensors, scalars, ref_rows = elu_far_below_zero_case()
     assert_rows_close_elementwise(run_loss(EMU, tensors, scalars)[2], ref_rows)

@@ -106,6 +106,7 @@ struct Warp {
 struct Block {
   std::vector<Fiber> fibers;
   std::vector<Warp> warps;
+  std::vector<uint64_t> ready;  // bit i: fiber i can run
   int live = 0;        // threads that have not exited
   int at_barrier = 0;  // live threads waiting at __syncthreads
   int current = -1;    // the running fiber
@@ -120,6 +121,31 @@ struct Block {
 };
 
 thread_local Block* g_block = nullptr;
+thread_local Schedule g_schedule = Schedule::kLowFirst;
+
+void set_ready(Block& b, Fiber& f) {
+  f.state = State::kReady;
+  b.ready[static_cast<size_t>(f.linear) / 64] |= uint64_t(1) << (f.linear % 64);
+}
+
+// Marks the running fiber as waiting (or done); it runs again once set_ready.
+void set_waiting(Block& b, Fiber& f, State state) {
+  f.state = state;
+  b.ready[static_cast<size_t>(f.linear) / 64] &= ~(uint64_t(1) << (f.linear % 64));
+}
+
+// The ready fiber the schedule runs next: the lowest (or highest) thread index; -1 if none.
+int next_ready(const Block& b) {
+  const int words = static_cast<int>(b.ready.size());
+  if (g_schedule == Schedule::kLowFirst) {
+    for (int w = 0; w < words; ++w)
+      if (b.ready[w] != 0) return w * 64 + __builtin_ctzll(b.ready[w]);
+  } else {
+    for (int w = words - 1; w >= 0; --w)
+      if (b.ready[w] != 0) return w * 64 + 63 - __builtin_clzll(b.ready[w]);
+  }
+  return -1;
+}
 
 // Fiber stacks of this OS thread, kept between launches: [guard page][kStackBytes] per thread.
 struct StackPool {
@@ -223,14 +249,14 @@ void release_barrier(Block& b) {
     }
   }
   for (Fiber& f : b.fibers)
-    if (f.state == State::kBarrier) f.state = State::kReady;
+    if (f.state == State::kBarrier) set_ready(b, f);
   b.at_barrier = 0;
 }
 
 // The running fiber's thread has returned from the kernel.
 [[noreturn]] void thread_exit(Block& b) {
   Fiber& f = b.fibers[b.current];
-  f.state = State::kDone;
+  set_waiting(b, f, State::kDone);
   --b.live;
   Warp& w = b.warps[f.linear / 32];
   const unsigned bit = 1u << (f.linear % 32);
@@ -258,7 +284,7 @@ void fiber_main_ucontext() { gru4rec_emu_fiber_main(); }
 // Makes fiber i start the kernel from the beginning when it is next resumed.
 void init_fiber(Block& b, int i) {
   Fiber& f = b.fibers[i];
-  f.state = State::kReady;
+  set_ready(b, f);
   // Stacks start at staggered offsets: tops 68 KiB apart would all share a few L1 sets.
   char* top = g_stacks.top(static_cast<size_t>(i)) - (i % 61) * 64;
 #ifdef GRU4REC_EMU_ASM_SWITCH
@@ -297,9 +323,13 @@ void resume(Block& b, int i) {
   b.current = -1;
 }
 
-// Runs one block to completion; leaves an error in b.error on misuse or deadlock.
+// Runs one block to completion; leaves an error in b.error on misuse or deadlock. The schedule
+// always resumes the lowest (kLowFirst) or highest ready thread index, so low (high) warps run
+// as far ahead of the others as the barriers allow: a read of shared memory that a missing
+// barrier leaves unordered reads the stale value under one of the two schedules.
 void run_block(Block& b) {
   const int n = static_cast<int>(b.fibers.size());
+  std::fill(b.ready.begin(), b.ready.end(), 0);
   for (int i = 0; i < n; ++i) init_fiber(b, i);
   for (Warp& w : b.warps) {
     w.exited = w.arrived = 0;
@@ -307,14 +337,11 @@ void run_block(Block& b) {
   b.live = n;
   b.at_barrier = 0;
   while (b.live > 0) {
-    bool progress = false;
-    for (int i = 0; i < n; ++i) {
-      if (b.fibers[i].state != State::kReady) continue;
+    const int i = next_ready(b);
+    if (i >= 0) {
       resume(b, i);
-      progress = true;
       if (!b.error.empty()) return;
-    }
-    if (!progress) {
+    } else {
       b.error = "CUDA emulation: deadlock in block (" + std::to_string(blockIdx.x) + "," +
                 std::to_string(blockIdx.y) + "," + std::to_string(blockIdx.z) +
                 "): a barrier or warp collective that not every thread it waits for reaches: " +
@@ -342,6 +369,7 @@ void run_grid(dim3 grid, dim3 block, void (*body)(void*), void* ctx) {
   b.ctx = ctx;
   b.fibers.resize(static_cast<size_t>(n));
   b.warps.resize(static_cast<size_t>((n + 31) / 32));
+  b.ready.resize(static_cast<size_t>((n + 63) / 64));
   for (int i = 0; i < n; ++i) {
     Fiber& f = b.fibers[static_cast<size_t>(i)];
     f.linear = i;
@@ -374,7 +402,7 @@ void syncthreads(const char* file, int line) {
   TORCH_CHECK(g_block != nullptr, "CUDA emulation: __syncthreads outside a kernel");
   Block& b = *g_block;
   Fiber& f = b.fibers[b.current];
-  f.state = State::kBarrier;
+  set_waiting(b, f, State::kBarrier);
   f.what = "__syncthreads";
   f.file = file;
   f.line = line;
@@ -443,12 +471,14 @@ uint64_t warp_collective(WarpOp op, const char* file, int line, unsigned mask, u
         default: w.result[l] = w.value[src]; break;
       }
     }
-    for (Fiber& g : b.fibers)
-      if (g.state == State::kWarp && g.linear / 32 == f.linear / 32) g.state = State::kReady;
+    for (int l = 0; l < 32; ++l) {
+      Fiber* g = ((mask >> l) & 1u) ? &b.fibers[static_cast<size_t>(f.linear / 32 * 32 + l)] : nullptr;
+      if (g != nullptr && g->state == State::kWarp) set_ready(b, *g);
+    }
     w.arrived = 0;
     return w.result[lane];
   }
-  f.state = State::kWarp;
+  set_waiting(b, f, State::kWarp);
   f.what = op_name(op);
   f.file = file;
   f.line = line;
@@ -461,6 +491,12 @@ uint64_t warp_collective(WarpOp op, const char* file, int line, unsigned mask, u
   Block& b = *g_block;
   fail(b, std::string("CUDA_KERNEL_ASSERT failed: `") + cond + "` at " + file + ":" +
               std::to_string(line) + ", " + where(b, b.fibers[b.current]));
+}
+
+Schedule set_schedule(Schedule schedule) {
+  const Schedule old = g_schedule;
+  g_schedule = schedule;
+  return old;
 }
 
 unsigned active_mask() {

@@ -17,8 +17,8 @@
 //
 // How: the blocks of a launch run one after another on the calling OS thread; the threads of a
 // block are fibers (own 64 KiB stack each, a few machine instructions per switch on x86-64,
-// ucontext elsewhere) run in thread-index order, each until it exits or waits at a barrier or a
-// warp collective. A barrier completes when every live thread of the block has reached it
+// ucontext elsewhere); the lowest (or, by choice, highest) ready thread index runs, until it
+// exits or waits at a barrier or a warp collective. A barrier completes when every live thread of the block has reached it
 // (threads that returned early do not count, as on the GPU); a collective completes when every
 // lane of its mask has reached it. Misuse that is undefined on the GPU is reported as an error
 // of the launch (a c10::Error naming kernel file and line) instead of hanging or passing:
@@ -81,6 +81,12 @@ namespace gru4rec_emu {
 
 // The collectives a warp can wait at.
 enum class WarpOp : int { kShfl, kShflXor, kShflUp, kShflDown, kBallot, kAny, kAll, kSync };
+
+// Which ready thread of a block runs next: the lowest index (default) or the highest. A missing
+// barrier between a write to shared memory and another thread's read of it gives a stale read
+// under one of the two (tests run the kernels with barriers under both).
+enum class Schedule : int { kLowFirst, kHighFirst };
+Schedule set_schedule(Schedule schedule);  // returns the previous one (per OS thread)
 
 // Entry points of the scheduler (cuda_emu.cpp). `file`/`line` name the call site.
 void syncthreads(const char* file, int line);

@@ -16,7 +16,8 @@ constexpr int kBlock = 256;
 
 // Sum of x[b*n, (b+1)*n) per block b, through warp shuffles and one warp over the partials (the
 // shape of the loss kernel's block_reduce). variant 1 drops the barrier after the partials are
-// written; variant 2 returns threads >= 200 before any barrier (legal: live threads only).
+// written, variant 3 the one before the total is read; variant 2 returns threads >= 200 before
+// any barrier (legal: live threads only).
 __global__ void block_sum_kernel(const float* x, float* out, int n, int variant) {
   __shared__ float partials[kBlock / 32];
   __shared__ float total;
@@ -37,8 +38,9 @@ __global__ void block_sum_kernel(const float* x, float* out, int n, int variant)
     for (int off = 16; off > 0; off >>= 1) y += __shfl_xor_sync(0xffffffffu, y, off);
     if (lane == 0) total = y;
   }
-  __syncthreads();
-  if (threadIdx.x == 0) out[blockIdx.x] = total;
+  if (variant != 3) __syncthreads();
+  // The last live thread (another warp than the one that wrote it) reads the total.
+  if (static_cast<int>(threadIdx.x) == (variant == 2 ? 199 : kBlock - 1)) out[blockIdx.x] = total;
 }
 
 // Warp collectives of one warp: out[k * 32 + lane] for k = shfl, xor, up, down, ballot, any, all.
@@ -104,11 +106,13 @@ __global__ void misuse_kernel(int which, float* out) {
 // Runs self-test `name`; returns its output, or throws the emulation's error.
 std::vector<float> selftest(const std::string& name) {
   if (name == "block_sum" || name == "block_sum_missing_barrier" ||
-      name == "block_sum_early_exit") {
+      name == "block_sum_early_exit" || name == "block_sum_missing_second_barrier") {
     const int blocks = 5, n = 1000;
     std::vector<float> x(blocks * n), out(blocks, -1.0f);
     for (int i = 0; i < blocks * n; ++i) x[i] = static_cast<float>(i % 13) - 6.0f + 0.25f;
-    const int variant = name == "block_sum" ? 0 : name == "block_sum_missing_barrier" ? 1 : 2;
+    const int variant = name == "block_sum" ? 0 : name == "block_sum_missing_barrier" ? 1
+                        : name == "block_sum_early_exit"    ? 2
+                                                            : 3;
     launch(block_sum_kernel, dim3(blocks), dim3(kBlock), 0, x.data(), out.data(), n, variant);
     return out;
   }

@@ -1,7 +1,8 @@
 // gru4rec_ext._cuda_emu (test-only): importing it registers torch.ops.gru4rec_emu.*, our CUDA
 // kernels and launch code run on CPU tensors through the host emulation of the CUDA execution
 // model (csrc/emu/cuda_emu.h); tests/test_cuda_emulation.py checks them against the CPU kernels.
-#include <torch/extension.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <string>
 #include <vector>
@@ -19,6 +20,19 @@ PYBIND11_MODULE(_cuda_emu, m) {
                                        "sparse_adagrad_");
   m.def("selftest", &gru4rec_emu::selftest, pybind11::arg("name"),
         "Runs one of the emulation's own check kernels; returns its output or raises its error");
+  m.def(
+      "set_schedule",
+      [](const std::string& name) {
+        TORCH_CHECK(name == "low_first" || name == "high_first",
+                    "set_schedule: 'low_first' or 'high_first', got '", name, "'");
+        const auto old = gru4rec_emu::set_schedule(name == "low_first"
+                                                       ? gru4rec_emu::Schedule::kLowFirst
+                                                       : gru4rec_emu::Schedule::kHighFirst);
+        return std::string(old == gru4rec_emu::Schedule::kLowFirst ? "low_first" : "high_first");
+      },
+      pybind11::arg("name"),
+      "Which ready thread of a block runs next: 'low_first' (default) or 'high_first' index; "
+      "returns the previous schedule");
   m.def(
       "set_max_grid_blocks",
       [](int64_t blocks) {
