@@ -10,9 +10,10 @@ the CPU kernels and the pure-PyTorch references.
 
 What the emulation covers: the kernels' indexing (blockIdx/threadIdx/blockDim/gridDim, grid-stride
 loops, rows and units that do not fill a block or a warp), their synchronisation (__syncthreads is
-a real barrier among a block's threads, warp shuffles exchange values lane by lane, warp by warp:
-a missing or misplaced barrier changes results, a barrier not every thread reaches or a divergent
-shuffle fails the launch), their reductions, device asserts, the numerics of the kernel code
+a real barrier among a block's threads, warp shuffles exchange values lane by lane, warp by warp;
+the lowest or the highest ready thread index runs first, and kernels with barriers run under both,
+so a missing barrier gives a stale read of shared memory under one of them; a barrier not every
+thread reaches or a divergent shuffle fails the launch), their reductions, device asserts, the numerics of the kernel code
 (float accumulation for bf16, the device formulas of gru_math.h), and the host launch code (grid
 and block sizes, dtype dispatch, workspace layouts, argument checks before the device guard).
 
