@@ -106,7 +106,7 @@ def emulation_extension():
     """gru4rec_ext._cuda_emu: our CUDA kernels and launch code compiled by the host compiler under
     the CUDA emulation (csrc/emu), registered as torch.ops.gru4rec_emu.* for CPU tensors."""
     debug = bool(_env_flag("GRU4REC_DEBUG"))
-    opt = ["-O0", "-g"] if debug else ["-O2"]
+    opt = ["-O0", "-g"] if debug else ["-O2", "-g0"]  # -g0: no debug info, half the compile time
     return CppExtension("gru4rec_ext._cuda_emu", sorted(glob.glob("csrc/emu/*.cpp")),
                         include_dirs=[os.path.join(HERE, "csrc")],
                         define_macros=[("TORCH_EXTENSION_NAME", "_cuda_emu"),

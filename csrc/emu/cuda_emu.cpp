@@ -493,6 +493,11 @@ uint64_t warp_collective(WarpOp op, const char* file, int line, unsigned mask, u
               std::to_string(line) + ", " + where(b, b.fibers[b.current]));
 }
 
+int64_t& grid_block_limit() {
+  static int64_t blocks = int64_t(1) << 16;
+  return blocks;
+}
+
 Schedule set_schedule(Schedule schedule) {
   const Schedule old = g_schedule;
   g_schedule = schedule;

@@ -88,6 +88,11 @@ enum class WarpOp : int { kShfl, kShflXor, kShflUp, kShflDown, kBallot, kAny, kA
 enum class Schedule : int { kLowFirst, kHighFirst };
 Schedule set_schedule(Schedule schedule);  // returns the previous one (per OS thread)
 
+// The most blocks our grid-stride launchers start (csrc/cuda/kernels/launch.cuh:
+// max_grid_blocks), 2^16 as on the GPU build unless a test lowers it, so that small tensors take
+// the grid-stride loops' later rounds too.
+int64_t& grid_block_limit();
+
 // Entry points of the scheduler (cuda_emu.cpp). `file`/`line` name the call site.
 void syncthreads(const char* file, int line);
 uint64_t warp_collective(WarpOp op, const char* file, int line, unsigned mask, uint64_t value,

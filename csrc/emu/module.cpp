@@ -4,10 +4,12 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <c10/util/Exception.h>
+
 #include <string>
 #include <vector>
 
-#include "cuda/kernels/launch.cuh"
+#include "emu/cuda_emu.h"
 
 namespace gru4rec_emu {
 std::vector<float> selftest(const std::string& name);  // emu_selftest.cpp
@@ -37,8 +39,8 @@ PYBIND11_MODULE(_cuda_emu, m) {
       "set_max_grid_blocks",
       [](int64_t blocks) {
         TORCH_CHECK(blocks >= 1, "set_max_grid_blocks: blocks must be >= 1, got ", blocks);
-        const int64_t old = gru4rec::max_grid_blocks();
-        gru4rec::max_grid_blocks() = blocks;
+        const int64_t old = gru4rec_emu::grid_block_limit();
+        gru4rec_emu::grid_block_limit() = blocks;
         return old;
       },
       pybind11::arg("blocks"),

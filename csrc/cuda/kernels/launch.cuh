@@ -44,10 +44,7 @@ void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block,
 // emulation's tests lower it (gru4rec_ext._cuda_emu.set_max_grid_blocks) so that small tensors
 // take the grid-stride loop's later rounds too.
 #ifdef GRU4REC_CUDA_EMU
-inline int64_t& max_grid_blocks() {
-  static int64_t blocks = int64_t(1) << 16;
-  return blocks;
-}
+inline int64_t max_grid_blocks() { return gru4rec_emu::grid_block_limit(); }
 #else
 constexpr int64_t max_grid_blocks() { return int64_t(1) << 16; }
 #endif
