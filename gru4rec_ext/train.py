@@ -210,6 +210,10 @@ class Trainer:
     `gru4rec::train_step_` call; False runs the same sequence of ops from Python (same weights).
     At an epoch's tail the batch keeps B rows with a valid mask instead of shrinking (the authors
     shrink it); the empty rows take no part in the loss, as negatives, or in the updates.
+    `on_epoch_end(epoch, result)`, when given, is called in `fit()` after each epoch (1-based
+    `epoch`, `result` the epoch's history entry, before its checkpoint and JSON are written, so
+    entries it adds to `result` are kept); an exception it raises stops training and propagates
+    out of `fit()` (`gru4rec_ext.tuning` evaluates and prunes there).
     """
 
     def __init__(self, model: GRU4Rec, train_data, *, n_epochs: int = 10, batch_size: int = 32,
@@ -218,7 +222,7 @@ class Trainer:
                  momentum: float = 0.0, mask_accidental_hits: bool = False, shuffle: bool = False, seed: int = 0,
                  device=None, progress: bool = True, eval_data=None, checkpoint_dir=None, resume: bool = False,
                  log_json=None, item_map=None, config: dict | None = None, eval_batch_size: int = 512,
-                 cutoffs=(1, 5, 10, 20), tie_modes=("standard",)):
+                 cutoffs=(1, 5, 10, 20), tie_modes=("standard",), on_epoch_end=None):
         if not isinstance(model, GRU4Rec):
             raise TypeError(f"model must be a GRU4Rec, got {type(model).__name__}")
         if loss not in LOSSES:
@@ -251,6 +255,9 @@ class Trainer:
         self.eval_batch_size, self.cutoffs, self.tie_modes = int(eval_batch_size), tuple(cutoffs), tuple(tie_modes)
         self.history: list[dict] = []
         self.start_epoch = 0
+        if on_epoch_end is not None and not callable(on_epoch_end):
+            raise TypeError(f"on_epoch_end must be callable, got {type(on_epoch_end).__name__}")
+        self.on_epoch_end = on_epoch_end
 
         torch.manual_seed(self.seed)
         self.model.to(self.device)
@@ -418,6 +425,8 @@ class Trainer:
         summary = {"config": {**self.config, **self.training_config()}, "epochs": self.history}
         for epoch in range(self.start_epoch, self.n_epochs):
             self.history.append(self.run_epoch(epoch))
+            if self.on_epoch_end is not None:  # e.g. validation for early stopping / tuning (see Trainer)
+                self.on_epoch_end(epoch + 1, self.history[-1])
             if self.checkpoint_dir is not None:
                 self._save(epoch + 1)
             if self.log_json is not None:  # per-epoch progress survives an interrupted run
