@@ -219,6 +219,7 @@ def test_interrupted_study_resumes_with_its_trials(files, monkeypatch):
     assert [(t.number, t.params, t.value) for t in trials[:2]] == first  # kept as they were
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
     assert trials[3].params == trials[2].params  # the interrupted point ran again
+    assert trials[4].params not in [t.params for t in trials[:3]]  # the resumed sampler draws new points
     assert result["best_value"] == max(t.value for t in trials if t.value is not None)
 
 

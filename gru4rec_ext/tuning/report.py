@@ -82,12 +82,15 @@ def plot_study(study, metric: str, path: str) -> str:
         best = max(best, r["value"])
         xs.append(r["trial"])
         ys.append(best)
+    if xs and rows:  # carry the best to the last trial
+        xs.append(max(r["trial"] for r in rows))
+        ys.append(best)
     ax1.step(xs, ys, where="post", color="tab:red", label="best so far")
     ax1.set_xlabel("trial")
     ax1.set_ylabel(f"validation {metric}")
     ax1.set_title("optimisation history")
     ax1.grid(alpha=0.3)
-    ax1.legend(loc="lower right", fontsize=8)
+    ax1.legend(loc="best", fontsize=8)
     try:
         imp, method = importances(study)
     except Exception as exc:  # too few trials, a single value, ...: the plot says so

@@ -145,7 +145,7 @@ class Objective:
                         time.perf_counter() - t0)
             if self.deadline is not None and time.monotonic() >= self.deadline and epoch < cfg["n_epochs"]:
                 raise _Deadline()
-            if trial.should_prune():
+            if epoch < cfg["n_epochs"] and trial.should_prune():  # (after the last epoch nothing is saved)
                 raise optuna.TrialPruned(f"{metric} {value:.4f} after epoch {epoch}")
 
         try:
@@ -214,7 +214,8 @@ def tune(train, valid=None, *, valid_days: float = 1.0, preset: str | None = Non
     study in it (loaded when it exists: the run resumes). pruner: "median", "hyperband", "none" or
     an Optuna pruner; prune_after: the first epoch at which a trial may be pruned; prune_startup:
     finished trials before the median pruner prunes.
-    startup_trials: random trials before TPE. emit: called with each progress line (default:
+    startup_trials: random trials before TPE. seed: every trial's training seed, and the
+    sampler's (plus the number of trials a resumed study already has). emit: called with each progress line (default:
     logging). retrain: train on all of TRAIN with the best configuration and save it to
     `save_model` (default <out_dir>/model.pt).
 
@@ -249,10 +250,13 @@ def tune(train, valid=None, *, valid_days: float = 1.0, preset: str | None = Non
     rdb = open_storage(url, optuna)
     data = load_tuning_data(train, valid, valid_days, session_key, item_key, time_key)
 
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=int(startup_trials), multivariate=True)
     with _optuna_verbosity(optuna, optuna.logging.WARNING):
-        study = optuna.create_study(storage=rdb, study_name=study_name, direction="maximize", sampler=sampler,
-                                    pruner=pruner, load_if_exists=True)
+        study = optuna.create_study(storage=rdb, study_name=study_name, direction="maximize", pruner=pruner,
+                                    load_if_exists=True)
+    # A resumed study's sampler must not replay the random points it drew before: its seed moves on
+    # with the number of trials the study has.
+    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials), n_startup_trials=int(startup_trials),
+                                               multivariate=True)
     _check_or_record_study(study, metric, setup, data.info, url)
     done_states = tuple(getattr(optuna.trial.TrialState, s) for s in DONE_STATES)
     done = len(study.get_trials(deepcopy=False, states=done_states))
@@ -276,7 +280,7 @@ def tune(train, valid=None, *, valid_days: float = 1.0, preset: str | None = Non
         with _optuna_verbosity(optuna, optuna.logging.ERROR):
             # Our own progress line per trial; an error inside a trial ends the run with its own message.
             study.optimize(objective, n_trials=None if trials is None else int(trials) - done, timeout=timeout,
-                           callbacks=callbacks, gc_after_trial=True)
+                           callbacks=callbacks)
 
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
