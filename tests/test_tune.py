@@ -125,8 +125,9 @@ def test_trial_config_merging():
     setup = TrialConfig(preset="diginetica", params="layers=32")
     assert setup.loss == "bpr-max" and "layers" not in [p.name for p in setup.space]
     assert "bpreg" in [p.name for p in setup.space]  # the bpr-max family's space
-    cfg = setup.build({"final_activation": "linear", "bpreg": 0.5})
+    cfg = setup.build({"final_activation": "linear", "bpreg": 0.5, "dropout_p_hidden": 0.1 + 0.2})
     assert cfg["final_activation"] == "linear" and cfg["elu_param"] == 0.0 and cfg["layers"] == [32]
+    assert cfg["dropout_p_hidden"] == 0.3  # not 0.30000000000000004
     assert cfg["batch_size"] == 128 and cfg["logq"] == 0.0  # the preset's values where nothing is sampled
     assert setup.build({"final_activation": "elu-0.5"})["elu_param"] == 0.5
     # elu_param fixed by --params takes final_activation out of the search

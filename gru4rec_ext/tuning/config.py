@@ -111,7 +111,8 @@ class TrialConfig:
     def build(self, sampled: dict) -> dict:
         """The full configuration of a trial that sampled `sampled` ({name: value})."""
         names = known_names()
-        parsed = {k: names[k](v) for k, v in sampled.items()}
+        # floats on a step grid come back as 0.30000000000000004: keep 12 significant digits
+        parsed = {k: names[k](float(f"{v:.12g}") if isinstance(v, float) else v) for k, v in sampled.items()}
         return merge(self.layers + [parsed])
 
     def preset_point(self) -> dict:

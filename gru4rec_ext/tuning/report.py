@@ -16,6 +16,11 @@ def _atomic_json(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
+def clean_params(params: dict) -> dict:
+    """Parameters with floats to 12 significant digits (a step grid gives 0.30000000000000004)."""
+    return {k: float(f"{v:.12g}") if isinstance(v, float) else v for k, v in params.items()}
+
+
 def trial_rows(study) -> list[dict]:
     """One row per finished trial: number, state, value, epochs, seconds, then its parameters."""
     rows = []
@@ -28,7 +33,7 @@ def trial_rows(study) -> list[dict]:
                      "last_value": last, "best_epoch": a.get("best_epoch"), "epochs": a.get("epochs", 0),
                      "seconds": t.duration.total_seconds() if t.duration is not None else None,
                      "note": a.get("diverged") or a.get("stopped") or ("preset " + a["preset"] if "preset" in a else ""),
-                     **t.params})
+                     **clean_params(t.params)})
     return rows
 
 
@@ -124,7 +129,7 @@ def write_outputs(study, best, best_config: dict, metric: str, out_dir: str, *, 
     for r in trial_rows(study):
         states[r["state"]] = states.get(r["state"], 0) + 1
     _atomic_json(files["summary"], {"metric": metric, "best_value": best.value, "best_trial": best.number,
-                                    "best_epoch": best.user_attrs.get("best_epoch"), "best_params": best.params,
+                                    "best_epoch": best.user_attrs.get("best_epoch"), "best_params": clean_params(best.params),
                                     "best_config": best_config, "trials": states,
                                     "best_valid_history": best.user_attrs.get("valid"), **(extra or {})})
     if plot:

@@ -63,8 +63,23 @@ def mask_url(url: str) -> str:
         return url
 
 
-def open_storage(url: str, optuna):
-    """An RDBStorage with heartbeats (a killed worker's trial is failed and run again), or TuneError."""
+_RACES = ("UNIQUE constraint failed", "already exists", "database is locked")  # workers creating one database
+
+
+def open_storage(url: str, optuna, attempts: int = 5):
+    """An RDBStorage with heartbeats (a killed worker's trial is failed and run again), or TuneError.
+    Workers that create the same new database at once race on its tables: the loser tries again."""
+    for attempt in range(attempts):
+        try:
+            return _open_storage(url, optuna)
+        except TuneError as exc:
+            if attempt + 1 == attempts or not any(r in str(exc) for r in _RACES):
+                raise
+            time.sleep(0.5 + attempt)
+    raise AssertionError("unreachable")
+
+
+def _open_storage(url: str, optuna):
     masked = mask_url(url)
     try:
         with warnings.catch_warnings():
@@ -168,6 +183,8 @@ class Objective:
 
 
 def _format_params(params: dict) -> str:
+    from .report import clean_params
+    params = clean_params(params)
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
