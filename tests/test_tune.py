@@ -64,6 +64,14 @@ def test_time_split_is_exact():
     assert list(data2.valid.session_ids) == [4, 7]
 
 
+def test_valid_file_is_used_as_given_after_the_published_filters():
+    train = _events([(1, 10, 0.0), (1, 11, 5.0), (2, 11, 9.0), (2, 12, 10.0)])
+    valid = _events([(3, 10, 1.0), (3, 99, 2.0), (3, 12, 3.0), (4, 11, 4.0), (4, 98, 5.0), (5, 10, 6.0)])
+    data = load_tuning_data(train, valid)  # no time split: all of TRAIN trains
+    assert list(data.train.session_ids) == [1, 2] and data.info["source"] == "file"
+    assert list(data.valid.session_ids) == [3] and list(data.valid.item_map.decode(data.valid.items)) == [10, 12]
+
+
 def test_time_split_matches_the_published_rule(files):
     from gru4rec_ext.preprocess import split_by_time
     tr = pd.read_csv(files[0], sep="\t")
