@@ -1,6 +1,6 @@
 // gru4rec::train_step_: one whole GRU4Rec training step in one call (SPEC sections 3-5), so that
 // the trainer's hot loop pays the Python and dispatch cost of one op per step instead of about
-// sixty. It runs exactly the trainer's sequence (gru4rec_ext/train.py, compute_step with the
+// sixty. It runs exactly the trainer's sequence (gru4rec_ext/train_step.py, compute_step with the
 // "kernels" backend, then AdagradM's updates), through the same ops and in the same order, with
 // the same draws from torch's default generator for the dropout masks, so it trains to the same
 // weights. Registered for the CPU (its distinct-candidate scoring uses gru4rec::unique_ids).
