@@ -7,8 +7,8 @@ rows, then update the touched item rows (one sparse update, duplicates summed) a
 (dense). `compute_step` is that sequence up to the updates; `TrainStep` is the whole step as the
 epoch loop calls it: on the CPU with the compiled kernels one call of `gru4rec::train_step_`
 (csrc/train_step.cpp, the same ops in the same order), else `compute_step` then `AdagradM`'s
-updates. It keeps SPEC section 8's rules: samples come from a device-side cache and nothing in the
-step waits for the host.
+updates. It keeps SPEC section 8's rules: samples come from a device-side cache through a device-side
+offset, and nothing in the step waits for the host.
 """
 from __future__ import annotations
 
@@ -189,7 +189,8 @@ class TrainStep:
     (loss [], new hidden [L,B,H]), updating the model and the optimizer state in place.
 
     inputs, targets int64 [B], reset bool [B], valid bool [B] or None (None: every row is valid).
-    Each call draws `n_sample` samples from `sampler`. `fused`: one `gru4rec::train_step_` call
+    Each call takes `n_sample` samples from `sampler` (a static buffer read through its device-side
+    offset: graph-safe). `fused`: one `gru4rec::train_step_` call
     (CPU kernels); else `compute_step` then the optimizer's updates (the same weights).
     """
 
@@ -202,7 +203,8 @@ class TrainStep:
         self._fused_args = self._fused_step_args() if self.fused else None
 
     def __call__(self, inputs, targets, reset, valid, hidden):
-        samples = self.sampler.draw(self.n_sample)
+        self.sampler.reserve(self.n_sample)  # host: refill the sampler's cache in place when due
+        samples = self.sampler.take(self.n_sample)  # device: static buffer at the device-side offset
         if self._fused_args is not None:  # the whole step in one compiled call (same sequence as below)
             args = self._fused_args
             return _TRAIN_STEP(inputs, targets, reset, valid, samples, *args[:2], hidden, *args[2:])
