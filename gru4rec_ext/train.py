@@ -141,6 +141,12 @@ class Trainer:
             self.start_epoch, self.history = resumed
 
     # ----- the loop (train_loop.py, train_step.py) ---------------------------------------------
+    def make_step(self) -> TrainStep:
+        """The training step of this configuration (fused when `fused_step`), as `run_epoch` calls it."""
+        return TrainStep(self.model, self.optimizer, self.sampler, self.output_loss, n_sample=self.n_sample,
+                         logq=self.logq, learning_rate=self.learning_rate, momentum=self.momentum,
+                         fused=self.fused_step)
+
     def run_epoch(self, epoch: int, max_steps: int | None = None) -> dict:
         """Train one epoch (0-based `epoch`), or its first `max_steps` steps (benchmarks).
 
@@ -150,10 +156,7 @@ class Trainer:
         from .batching import build_schedule
         t0 = time.perf_counter()
         schedule = build_schedule(self.data, self.batch_size, shuffle=self.shuffle, seed=self.seed + epoch)
-        step = TrainStep(self.model, self.optimizer, self.sampler, self.output_loss, n_sample=self.n_sample,
-                         logq=self.logq, learning_rate=self.learning_rate, momentum=self.momentum,
-                         fused=self.fused_step)
-        return run_epoch(step, schedule, self.model.init_hidden(self.batch_size, self.device), epoch=epoch,
+        return run_epoch(self.make_step(), schedule, self.model.init_hidden(self.batch_size, self.device), epoch=epoch,
                          n_epochs=self.n_epochs, max_steps=max_steps, progress=self.progress, t0=t0)
 
     def fit(self) -> dict:

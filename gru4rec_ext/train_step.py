@@ -8,7 +8,8 @@ rows, then update the touched item rows (one sparse update, duplicates summed) a
 epoch loop calls it: on the CPU with the compiled kernels one call of `gru4rec::train_step_`
 (csrc/train_step.cpp, the same ops in the same order), else `compute_step` then `AdagradM`'s
 updates. It keeps SPEC section 8's rules: samples come from a device-side cache through a device-side
-offset, and nothing in the step waits for the host.
+offset, every shape is fixed (a valid mask and -1 indices at the epoch's tail), and nothing in the
+step waits for the host.
 """
 from __future__ import annotations
 
@@ -150,6 +151,8 @@ def compute_step(model: GRU4Rec, output_loss: OutputLoss, inputs, targets, reset
     backend "kernels": the compiled GRU and loss ops called directly, no autograd; "reference":
     autograd through the pure-PyTorch GRU. Returns (loss [], new hidden [L,B,H] detached, dense
     grads {name: grad} of the GRU weights, sparse {name: (indices, rows)} of the item tables).
+    Every shape is fixed: at the epoch's tail (`valid` given) the indices of the rows that must not
+    update are -1, which the sparse update skips (no boolean indexing, no host sync).
     """
     x = model.input_rows(inputs)
     leaf = x.is_floating_point()
@@ -170,10 +173,9 @@ def compute_step(model: GRU4Rec, output_loss: OutputLoss, inputs, targets, reset
         dense = dict(zip(gru_params, grads[1:] if leaf else grads))
         grad_x = grads[0] if leaf else None
     if valid is not None:  # epoch tail: rows without a session take no part in the updates either
-        keep = torch.isin(candidates, torch.cat([targets[valid], samples]))
-        candidates, grad_w, grad_b = candidates[keep], grad_w[keep], grad_b[keep]
-        if grad_x is not None:
-            inputs, grad_x = inputs[valid], grad_x[valid]
+        keep = torch.isin(candidates, torch.cat([torch.where(valid, targets, -1), samples]))
+        candidates = torch.where(keep, candidates, -1)  # -1: skipped by the sparse update
+        inputs = torch.where(valid, inputs, -1)
     sparse = {"By": (candidates, grad_b)}
     if model.input_mode == "shared":  # one update so a row touched twice is updated once
         sparse["Wy"] = (torch.cat([candidates, inputs]), torch.cat([grad_w, grad_x]))
@@ -205,6 +207,10 @@ class TrainStep:
     def __call__(self, inputs, targets, reset, valid, hidden):
         self.sampler.reserve(self.n_sample)  # host: refill the sampler's cache in place when due
         samples = self.sampler.take(self.n_sample)  # device: static buffer at the device-side offset
+        return self.run(inputs, targets, reset, valid, samples, hidden)
+
+    def run(self, inputs, targets, reset, valid, samples, hidden):
+        """The step with the given samples int64 [K]: (loss [], new hidden [L,B,H])."""
         if self._fused_args is not None:  # the whole step in one compiled call (same sequence as below)
             args = self._fused_args
             return _TRAIN_STEP(inputs, targets, reset, valid, samples, *args[:2], hidden, *args[2:])

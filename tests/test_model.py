@@ -91,7 +91,8 @@ def _dense_grads(model, dense, sparse):
     out = {k: v.clone() for k, v in dense.items()}
     for name, (idx, rows) in sparse.items():
         p = getattr(model, name)
-        out[name] = torch.zeros_like(p).index_add_(0, idx, rows)
+        live = idx >= 0  # -1: rows the step does not update (epoch tail)
+        out[name] = torch.zeros_like(p).index_add_(0, idx[live], rows[live])
     return out
 
 
