@@ -62,7 +62,7 @@ def evaluate(model, data: SessionData, *, batch_size: int = 512,
                          "encode the test data with the model's item map (drop_unknown=True)")
     device = _model_device(model) if device is None else torch.device(device)
 
-    host = build_schedule(data, batch_size)
+    host = build_schedule(data, batch_size, n_items=n_items)  # ids checked once, not per step
     if host.n_pairs == 0:
         raise DataError(f"{data.name}: no (item, next item) pairs to evaluate")
     sched = host.to(device)

@@ -155,7 +155,9 @@ class Trainer:
         """
         from .batching import build_schedule
         t0 = time.perf_counter()
-        schedule = build_schedule(self.data, self.batch_size, shuffle=self.shuffle, seed=self.seed + epoch)
+        # The ids are checked here, once per epoch on the host, so that no step checks (or syncs for) them.
+        schedule = build_schedule(self.data, self.batch_size, shuffle=self.shuffle, seed=self.seed + epoch,
+                                  n_items=self.model.n_items)
         return run_epoch(self.make_step(), schedule, self.model.init_hidden(self.batch_size, self.device), epoch=epoch,
                          n_epochs=self.n_epochs, max_steps=max_steps, progress=self.progress, t0=t0)
 

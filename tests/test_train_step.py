@@ -111,3 +111,25 @@ def _tiny_data():
         _TINY["data"] = SessionData.from_events(df, imap, name="tiny")
     return _TINY["data"]
 
+
+
+def test_schedule_names_an_out_of_range_item_id():
+    """Item ids are validated once where the epoch schedule is built (issue 9, fix 3): a clear
+    error naming the data, the bad id, its event and session, before any step runs."""
+    from gru4rec_ext.batching import build_schedule
+    data = _tiny_data()
+    build_schedule(data, 4, n_items=50)
+    torch.manual_seed(0)
+    trainer = Trainer(GRU4Rec(50, [8]), data, n_epochs=1, batch_size=4, n_sample=3, progress=False)
+    saved = data.items.copy()
+    data.items[7] = 53  # bypasses SessionData's own check, as an edited data object would
+    try:
+        with pytest.raises(ValueError, match=r"tiny: item id 53 \(event 7, session 1\) is out of range \[0, 50\)"):
+            build_schedule(data, 4, n_items=50)
+        with pytest.raises(ValueError, match="tiny: item id 53"):
+            trainer.fit()
+        data.items[7] = -2
+        with pytest.raises(ValueError, match="tiny: item id -2"):
+            build_schedule(data, 4, n_items=50)
+    finally:
+        data.items[:] = saved
