@@ -92,7 +92,7 @@ void sparse_update(Tensor param, Tensor acc, Tensor mom, const Tensor& idx, cons
                    double momentum, double eps) {
   const auto as2d = [](const Tensor& t) { return t.dim() == 1 ? t.view({t.size(0), 1}) : t; };
   Tensor p = as2d(param), a = as2d(acc);
-  Tensor m = momentum > 0 ? as2d(mom) : param.new_empty({0, 1});
+  Tensor m = momentum > 0 ? as2d(mom) : acc.new_empty({0, 1});
   sparse_adagrad_op().call(p, a, m, idx.contiguous(), as2d(rows.contiguous()), lr, momentum, eps);
 }
 
@@ -100,8 +100,10 @@ void sparse_update(Tensor param, Tensor acc, Tensor mom, const Tensor& idx, cons
 // log_count, log_weight [N] (log q of targets / samples; used by cross-entropy with logq > 0);
 // hidden [L,B,H]. tables = [Wy, By] or [Wy, By, E] with their Adagrad accs and moms (moms [] when
 // momentum == 0); gru_params = per layer weight_ih, weight_hh, bias_ih, bias_hh, with accs, moms.
-// Returns (loss [] , new hidden [L,B,H]) and updates every parameter and its state in place. Every
-// shape is fixed: at the epoch tail the rows that must not update get index -1.
+// Returns (loss [] , new hidden [L,B,H]) and updates every parameter and its state in place: the GRU
+// weights densely, except a one-hot model's layer-0 weight_ih [3H,N], whose columns of the step's
+// input items are updated (like the item tables' rows). Every shape is fixed: at the epoch tail the
+// rows that must not update get index -1.
 std::tuple<Tensor, Tensor> train_step_cpu(
     const Tensor& inputs, const Tensor& targets, const Tensor& reset, const OptTensor& valid, const Tensor& samples,
     const OptTensor& log_count, const OptTensor& log_weight, const Tensor& hidden, at::TensorList tables,
@@ -211,9 +213,13 @@ std::tuple<Tensor, Tensor> train_step_cpu(
     upd_inputs = at::where(*valid, inputs, -1);
   }
 
-  // Updates: the GRU densely, the item tables on their touched rows (AdagradM's order).
-  dense_adagrad_op().call(gru_params, gru_accs, momentum > 0 ? gru_moms : at::TensorList(), gru_grads, lr, momentum,
-                          eps);
+  // Updates: the GRU densely (a one-hot model's layer-0 weight_ih on the columns of its input
+  // items, from the row-sparse gradient [B,3H]), the item tables on their touched rows.
+  const bool columns_wih = input_mode == kOneHot;
+  const size_t first_dense = columns_wih ? 1 : 0;
+  dense_adagrad_op().call(gru_params.slice(first_dense), gru_accs.slice(first_dense),
+                          momentum > 0 ? gru_moms.slice(first_dense) : at::TensorList(),
+                          at::TensorList(gru_grads).slice(first_dense), lr, momentum, eps);
   const auto mom_of = [&](size_t t) { return momentum > 0 ? table_moms[t] : Tensor(); };
   sparse_update(By, table_accs[1], mom_of(1), upd_items, grad_b, lr, momentum, eps);
   if (input_mode == kShared) {  // one update, so that a row touched twice is updated once
@@ -222,6 +228,10 @@ std::tuple<Tensor, Tensor> train_step_cpu(
   } else {
     sparse_update(Wy, table_accs[0], mom_of(0), upd_items, grad_w, lr, momentum, eps);
     if (has_e) sparse_update(tables[2], table_accs[2], mom_of(2), upd_inputs, g, lr, momentum, eps);
+  }
+  if (columns_wih) {  // weight_ih.t() [N,3H] is a strided view: its rows are weight_ih's columns
+    sparse_update(gru_params[0].t(), gru_accs[0].t(), momentum > 0 ? gru_moms[0].t() : Tensor(), upd_inputs,
+                  gru_grads[0], lr, momentum, eps);
   }
   return {loss_value, at::stack(outs)};
 }

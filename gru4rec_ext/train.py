@@ -96,8 +96,13 @@ class Trainer:
         sparse = {"Wy": model.Wy, "By": model.By}
         if model.E is not None:
             sparse["E"] = model.E
-        self.optimizer = AdagradM(model.gru_parameters(), sparse, self.learning_rate, self.momentum,
-                                  sparse_kernel=None if model.backend == "kernels" else False)
+        dense = model.gru_parameters()
+        # One-hot input: layer 0's weight_ih [3H, N] is updated on the columns of the step's items only
+        # (its gradient comes row-sparse, as the item tables'; the authors update it so too).
+        columns = ["weight_ih_l0"] if model.input_mode == "onehot" else []
+        sparse.update({n: dense.pop(n) for n in columns})
+        self.optimizer = AdagradM(dense, sparse, self.learning_rate, self.momentum,
+                                  sparse_kernel=None if model.backend == "kernels" else False, sparse_columns=columns)
         self.output_loss = OutputLoss(model, loss=loss, bpreg=bpreg, logq=logq,
                                       mask_accidental_hits=mask_accidental_hits)
         # CPU with the kernels: each step is one call of gru4rec::train_step_ (fused_step=False: the

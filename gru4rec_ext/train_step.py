@@ -4,7 +4,7 @@ One step: gather the input rows, run the GRU layers (autograd for the GRU part o
 sampled loss of the output layer and its row-sparse gradient (`sampled_loss_forward` /
 `sampled_loss_backward`), backpropagate `grad_hidden` into the GRU weights and the gathered input
 rows, then update the touched item rows (one sparse update, duplicates summed) and the GRU weights
-(dense). `compute_step` is that sequence up to the updates; `TrainStep` is the whole step as the
+(dense; for one-hot input layer 0's weight_ih only on the columns of the step's items). `compute_step` is that sequence up to the updates; `TrainStep` is the whole step as the
 epoch loop calls it: on the CPU with the compiled kernels one call of `gru4rec::train_step_`
 (csrc/train_step.cpp, the same ops in the same order), else `compute_step` then `AdagradM`'s
 updates. It keeps SPEC section 8's rules: samples come from a device-side cache through a device-side
@@ -144,14 +144,25 @@ def _gru_kernels_backward(model: GRU4Rec, saved, grad_top):
     return g, grads
 
 
+def _first_occurrence(ids: torch.Tensor, n: int) -> torch.Tensor:
+    """bool [M]: True at the first position of each distinct id >= 0 of ids [M] (ids in [-1, n));
+    fixed shapes, no host sync."""
+    pos = torch.arange(ids.numel(), device=ids.device)
+    slot = torch.where(ids >= 0, ids, n)
+    first = torch.full((n + 1,), ids.numel(), dtype=torch.int64, device=ids.device)
+    first.scatter_reduce_(0, slot, pos, "amin")
+    return (first.index_select(0, slot) == pos) & (ids >= 0)
+
+
 def compute_step(model: GRU4Rec, output_loss: OutputLoss, inputs, targets, reset, valid, samples, hidden,
                  log_q=None):
     """Forward and backward of one training step; updates nothing.
 
     backend "kernels": the compiled GRU and loss ops called directly, no autograd; "reference":
     autograd through the pure-PyTorch GRU. Returns (loss [], new hidden [L,B,H] detached, dense
-    grads {name: grad} of the GRU weights, sparse {name: (indices, rows)} of the item tables).
-    Every shape is fixed: at the epoch's tail (`valid` given) the indices of the rows that must not
+    grads {name: grad} of the GRU weights, sparse {name: (indices, rows)} of the item tables). For
+    one-hot input, layer 0's weight_ih [3H,N] is in sparse, not dense: "weight_ih_l0": (item ids
+    [B], rows [B,3H]), the gradients of its columns (AdagradM's `sparse_columns`). Every shape is fixed: at the epoch's tail (`valid` given) the indices of the rows that must not
     update are -1, which the sparse update skips (no boolean indexing, no host sync).
     """
     x = model.input_rows(inputs)
@@ -183,6 +194,13 @@ def compute_step(model: GRU4Rec, output_loss: OutputLoss, inputs, targets, reset
         sparse["Wy"] = (candidates, grad_w)
         if model.input_mode == "embedding":
             sparse["E"] = (inputs, grad_x)
+    if model.input_mode == "onehot":  # layer 0's weight_ih: the columns of the input items
+        g_wih = dense.pop("weight_ih_l0")
+        if model.backend == "kernels":  # row-sparse already: row b belongs to column inputs[b]
+            sparse["weight_ih_l0"] = (inputs, g_wih)
+        else:  # autograd's dense [3H, N] gradient: each distinct item's column, once
+            sparse["weight_ih_l0"] = (torch.where(_first_occurrence(inputs, model.n_items), inputs, -1),
+                                      g_wih.t().index_select(0, inputs.clamp_min(0)))
     return loss, new_hidden.detach(), dense, sparse
 
 

@@ -1,4 +1,5 @@
-"""The training step (gru4rec_ext/train_step.py, csrc/train_step.cpp): fixed shapes at the epoch tail
+"""The training step (gru4rec_ext/train_step.py, csrc/train_step.cpp): fixed shapes at the epoch tail,
+id validation where the schedule is built, the one-hot input's column-sparse weight_ih update
 (issue 9)."""
 
 import pytest
@@ -69,9 +70,14 @@ def test_tail_step_has_no_data_dependent_shape(backend, mode):
     assert logs[1] == logs[2] == logs[3]
 
 
-def _optimizer(model, cls):
+def _optimizer(model, cls, momentum=0.2, columns=True):
+    """The trainer's optimizer: a one-hot model's weight_ih_l0 column-sparse (unless not columns)."""
+    dense = model.gru_parameters()
     sparse = {"Wy": model.Wy, "By": model.By, **({"E": model.E} if model.E is not None else {})}
-    return cls(model.gru_parameters(), sparse, 0.1, 0.2, sparse_kernel=None if model.backend == "kernels" else False)
+    names = ["weight_ih_l0"] if columns and model.input_mode == "onehot" else []
+    sparse.update({n: dense.pop(n) for n in names})
+    return cls(dense, sparse, 0.1, momentum, sparse_kernel=None if model.backend == "kernels" else False,
+               sparse_columns=names)
 
 
 @pytest.mark.skipif(not FUSED, reason="train_step_ kernel not built")
@@ -133,3 +139,116 @@ def test_schedule_names_an_out_of_range_item_id():
             build_schedule(data, 4, n_items=50)
     finally:
         data.items[:] = saved
+
+
+# ----- one-hot input: weight_ih updated on the columns of the step's items (issue 9, fix 9) -----
+
+def _onehot_model(backend):
+    torch.manual_seed(0)
+    return GRU4Rec(50, [16], constrained_embedding=False, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("momentum", [0.0, 0.3])
+def test_onehot_weight_ih_sparse_update_equals_dense(backend, momentum):
+    """The column-sparse update of a one-hot model's weight_ih gives the dense update's weights up
+    to float rounding: over several steps, a tail step included, with momentum 0 (an untouched
+    column does not move under the dense update either), and for the first step with momentum.
+    Later, with momentum, the untouched columns keep their values (as the item tables' rows do,
+    and as the authors update them) where the dense update moves them by their velocity."""
+    from gru4rec_ext.optim import AdagradM
+    sparse_model, dense_model = _onehot_model(backend), _onehot_model(backend)
+    start = sparse_model.weight_ih_l0.detach().clone()
+    losses = [OutputLoss(m, loss="bpr-max", bpreg=0.5, logq=0.0, mask_accidental_hits=False)
+              for m in (sparse_model, dense_model)]
+    opts = [_optimizer(sparse_model, AdagradM, momentum), _optimizer(dense_model, AdagradM, momentum, columns=False)]
+    hidden = [sparse_model.init_hidden(6), dense_model.init_hidden(6)]
+    touched = torch.zeros(50, dtype=torch.bool)
+    for step in range(4):
+        inputs, targets, reset, samples = _step_inputs(seed=10 + step)
+        valid = torch.tensor(VALID_MASKS[1]) if step == 3 else None
+        before = [m.weight_ih_l0.detach().clone() for m in (sparse_model, dense_model)]
+        for k, (model, out, opt) in enumerate(zip((sparse_model, dense_model), losses, opts)):
+            _, hidden[k], dense, sparse = compute_step(model, out, inputs, targets, reset, valid, samples, hidden[k])
+            idx, rows = sparse["weight_ih_l0"]
+            assert "weight_ih_l0" not in dense and idx.shape == (6,) and rows.shape == (6, 48)
+            if k == 1:  # the dense baseline: the same gradient, densified, updated densely
+                del sparse["weight_ih_l0"]
+                live = idx >= 0
+                dense["weight_ih_l0"] = torch.zeros(48, 50).index_add_(1, idx[live], rows[live].t())
+                dense = {n: dense[n] for n in model.gru_parameters()}
+            opt.step_dense(list(dense.values()))
+            for name, (i, r) in sparse.items():
+                opt.step_sparse(name, i, r)
+        now = torch.zeros(50, dtype=torch.bool)
+        now[inputs[valid] if valid is not None else inputs] = True
+        w_sparse, w_dense = sparse_model.weight_ih_l0.detach(), dense_model.weight_ih_l0.detach()
+        if step == 0 or momentum == 0:  # (with momentum the rules part once a column has a velocity)
+            assert torch.allclose(w_sparse, w_dense, rtol=1e-5, atol=1e-7), step
+        resting = touched & ~now  # touched before, not in this step
+        assert resting.any() or step == 0
+        assert torch.equal(w_sparse[:, ~now], before[0][:, ~now])
+        if momentum > 0 and step > 0:
+            assert (w_dense[:, resting] != before[1][:, resting]).any(0).all()  # moved by their velocity
+        touched |= now
+    assert not touched.all()
+    for w in (w_sparse, w_dense):
+        assert torch.equal(w[:, ~touched], start[:, ~touched])
+    if momentum == 0:
+        for name in ("Wy", "By", "weight_hh_l0", "bias_ih_l0"):
+            assert torch.allclose(getattr(sparse_model, name), getattr(dense_model, name), rtol=1e-4, atol=1e-6), name
+
+
+@pytest.mark.skipif(not FUSED, reason="train_step_ kernel not built")
+def test_onehot_fused_step_updates_only_input_columns():
+    """gru4rec::train_step_ on a one-hot model: weight_ih and its state change on the input items'
+    columns only (a tail step: the invalid rows' columns neither), and equal the Python sequence."""
+    inputs, targets, reset, samples = _step_inputs(seed=3)
+    valid = torch.tensor(VALID_MASKS[1])
+    inputs[~valid] = 49  # an item no valid row feeds
+    results = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        model = GRU4Rec(50, [16], constrained_embedding=False, backend="kernels")
+        trainer = Trainer(model, _tiny_data(), n_epochs=1, batch_size=6, n_sample=5, momentum=0.2, progress=False)
+        trainer.optimizer.mom["weight_ih_l0"].fill_(0.01)  # momentum would move every column of a dense update
+        trainer.fused_step = fused
+        before = model.weight_ih_l0.detach().clone()
+        trainer.make_step().run(inputs, targets, reset, valid, samples, model.init_hidden(6))
+        changed = (model.weight_ih_l0.detach() != before).any(0)
+        assert set(changed.nonzero().flatten().tolist()) == set(inputs[valid].tolist())
+        results.append((model.weight_ih_l0.detach().clone(), trainer.optimizer.acc["weight_ih_l0"].clone(),
+                        trainer.optimizer.mom["weight_ih_l0"].clone()))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not KERNELS, reason="kernels not built")
+def test_session_gru_backward_ids_gives_row_sparse_weight_ih_grad():
+    """For id input the op returns grad_weight_ih as [T*B, 3H] rows (row t*B+b for column
+    input[t,b], duplicates not summed); summed into their columns they are the reference's dense
+    gradient, which the autograd wrapper returns."""
+    from gru4rec_ext.ops.session_gru import session_gru
+    from gru4rec_ext.reference import session_gru_reference
+    torch.manual_seed(1)
+    T, B, H, N = 3, 4, 5, 6
+    ids = torch.randint(0, N, (T, B))
+    ids[1, 2] = ids[0, 0]  # a repeated id
+    reset = torch.rand(T, B) < 0.3
+    f64 = dict(dtype=torch.float64)
+    h0, w_ih, w_hh = torch.randn(B, H, **f64), torch.randn(3 * H, N, **f64), torch.randn(3 * H, H, **f64)
+    b_ih, b_hh = torch.randn(3 * H, **f64), torch.randn(3 * H, **f64)
+    for variant in (0, 1):
+        out, h_n, ws = torch.ops.gru4rec.session_gru_forward(ids, reset, h0, w_ih, w_hh, b_ih, b_hh, variant)
+        go = torch.randn_like(out)
+        grads = torch.ops.gru4rec.session_gru_backward(go, torch.zeros_like(h_n), ids, reset, h0, w_ih, w_hh, b_ih,
+                                                       b_hh, out, ws, variant, False, False)
+        assert grads[2].shape == (T * B, 3 * H)
+        w = w_ih.clone().requires_grad_()
+        (ref_grad,) = torch.autograd.grad(session_gru_reference(ids, reset, h0, w, w_hh, b_ih, b_hh, variant)[0], w,
+                                          go)
+        dense = torch.zeros(3 * H, N, **f64).index_add_(1, ids.reshape(-1), grads[2].t())
+        assert torch.allclose(dense, ref_grad, atol=1e-12)
+        w = w_ih.clone().requires_grad_()
+        (grad,) = torch.autograd.grad(session_gru(ids, reset, h0, w, w_hh, b_ih, b_hh, variant=variant)[0], w, go)
+        assert grad.shape == (3 * H, N) and torch.allclose(grad, ref_grad, atol=1e-12)
