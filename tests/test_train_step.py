@@ -2,6 +2,8 @@
 id validation where the schedule is built, the one-hot input's column-sparse weight_ih update
 (issue 9)."""
 
+import math
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -252,3 +254,27 @@ def test_session_gru_backward_ids_gives_row_sparse_weight_ih_grad():
         w = w_ih.clone().requires_grad_()
         (grad,) = torch.autograd.grad(session_gru(ids, reset, h0, w, w_hh, b_ih, b_hh, variant=variant)[0], w, go)
         assert grad.shape == (3 * H, N) and torch.allclose(grad, ref_grad, atol=1e-12)
+
+
+# ----- a bf16 model trains on the CPU (issue 9: "what it must show") -----
+
+def test_bf16_model_trains_with_float32_optimizer_state():
+    """A bfloat16 GRU4Rec (backend "reference" here: the bf16 GRU and loss kernels come with the
+    kernels' own bf16 support) trains with finite, falling loss; its optimizer state is float32;
+    evaluation ranks float32 scores of it, above the untrained model."""
+    from gru4rec_ext.evaluate import evaluate
+    from train_helpers import rsc15_slice
+    train_data, test_data, item_map = rsc15_slice(300, 100)
+    torch.manual_seed(0)
+    model = GRU4Rec(item_map.n_items, [32], dropout_p_hidden=0.2, backend="reference").to(torch.bfloat16)
+    before = evaluate(model, test_data, progress=False)["standard"]["recall@20"]
+    trainer = Trainer(model, train_data, n_epochs=2, batch_size=16, n_sample=64, logq=1.0, momentum=0.1,
+                      learning_rate=0.1, progress=False)
+    losses = [e["loss"] for e in trainer.fit()["epochs"]]
+    assert all(math.isfinite(x) for x in losses) and losses[1] < losses[0], losses
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert {t.dtype for t in [*trainer.optimizer.acc.values(), *trainer.optimizer.mom.values()]} == {torch.float32}
+    after = evaluate(model, test_data, progress=False, tie_modes=("standard", "conservative"))
+    assert after["standard"]["recall@20"] > before + 0.05, (before, after)
+    # Scored in float32: bf16 scores would tie (steps of 2^-8 relative) and split the tie modes.
+    assert after["standard"] == after["conservative"]
