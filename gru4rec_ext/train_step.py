@@ -162,8 +162,9 @@ def compute_step(model: GRU4Rec, output_loss: OutputLoss, inputs, targets, reset
     autograd through the pure-PyTorch GRU. Returns (loss [], new hidden [L,B,H] detached, dense
     grads {name: grad} of the GRU weights, sparse {name: (indices, rows)} of the item tables). For
     one-hot input, layer 0's weight_ih [3H,N] is in sparse, not dense: "weight_ih_l0": (item ids
-    [B], rows [B,3H]), the gradients of its columns (AdagradM's `sparse_columns`). Every shape is fixed: at the epoch's tail (`valid` given) the indices of the rows that must not
-    update are -1, which the sparse update skips (no boolean indexing, no host sync).
+    [B], rows [B,3H]), the gradients of its columns (AdagradM's `sparse_columns`). Every shape is
+    fixed: at the epoch's tail (`valid` given) the indices of the rows that must not update are
+    -1, which the sparse update skips (no boolean indexing, no host sync).
     """
     x = model.input_rows(inputs)
     leaf = x.is_floating_point()
@@ -209,17 +210,20 @@ class TrainStep:
     (loss [], new hidden [L,B,H]), updating the model and the optimizer state in place.
 
     inputs, targets int64 [B], reset bool [B], valid bool [B] or None (None: every row is valid).
-    Each call takes `n_sample` samples from `sampler` (a static buffer read through its device-side
-    offset: graph-safe). `fused`: one `gru4rec::train_step_` call
-    (CPU kernels); else `compute_step` then the optimizer's updates (the same weights).
+    Each call takes `n_sample` samples from `sampler` (a static buffer read through its
+    device-side offset: graph-safe) and runs `run`. `fused`: one `gru4rec::train_step_` call (CPU
+    kernels); else `compute_step` then the optimizer's updates (the same weights). The sampler's
+    log q tables are converted to the model's dtype once, here.
     """
 
     def __init__(self, model: GRU4Rec, optimizer, sampler, output_loss: OutputLoss, *, n_sample: int, logq: float,
                  learning_rate: float, momentum: float, fused: bool):
         self.model, self.optimizer, self.sampler, self.output_loss = model, optimizer, sampler, output_loss
-        self.n_sample, self.use_logq = int(n_sample), logq > 0
+        self.n_sample = int(n_sample)
         self.lr, self.momentum = float(learning_rate), float(momentum)
         self.fused = bool(fused)
+        dtype = model.Wy.dtype
+        self.log_q_tables = tuple(t.to(dtype) for t in sampler.log_q_tables()) if logq > 0 else (None, None)
         self._fused_args = self._fused_step_args() if self.fused else None
 
     def __call__(self, inputs, targets, reset, valid, hidden):
@@ -230,27 +234,25 @@ class TrainStep:
     def run(self, inputs, targets, reset, valid, samples, hidden):
         """The step with the given samples int64 [K]: (loss [], new hidden [L,B,H])."""
         if self._fused_args is not None:  # the whole step in one compiled call (same sequence as below)
-            args = self._fused_args
-            return _TRAIN_STEP(inputs, targets, reset, valid, samples, *args[:2], hidden, *args[2:])
-        model, opt = self.model, self.optimizer
-        log_q = self.sampler.log_q(targets, samples).to(model.Wy.dtype) if self.use_logq else None
-        loss, hidden, dense, sparse = compute_step(model, self.output_loss, inputs, targets, reset, valid, samples,
-                                                   hidden, log_q)
-        opt.step_dense(list(dense.values()))
+            return _TRAIN_STEP(inputs, targets, reset, valid, samples, *self.log_q_tables, hidden, *self._fused_args)
+        log_count, log_weight = self.log_q_tables  # log q of the candidates (SPEC section 4)
+        log_q = None if log_count is None else torch.cat([log_count.index_select(0, targets),
+                                                          log_weight.index_select(0, samples)])
+        loss, hidden, dense, sparse = compute_step(self.model, self.output_loss, inputs, targets, reset, valid,
+                                                   samples, hidden, log_q)
+        self.optimizer.step_dense(list(dense.values()))
         for name, (idx, rows) in sparse.items():
-            opt.step_sparse(name, idx, rows)
+            self.optimizer.step_sparse(name, idx, rows)
         return loss, hidden
 
     def _fused_step_args(self) -> tuple:
-        """The arguments of `gru4rec::train_step_` that stay the same from step to step."""
-        m, opt, sampler = self.model, self.optimizer, self.sampler
+        """The arguments of `gru4rec::train_step_` after `hidden` (the same from step to step)."""
+        m, opt = self.model, self.optimizer
         names = ["Wy", "By"] + (["E"] if m.E is not None else [])
         gru_names = list(m.gru_parameters())
         params = {**m.gru_parameters(), "Wy": m.Wy, "By": m.By, "E": m.E}
         mom = (lambda n: [opt.mom[x] for x in n]) if self.momentum > 0 else (lambda n: [])
-        log_q_tables = tuple(t.to(m.Wy.dtype) for t in sampler.log_q_tables()) if self.use_logq else (None, None)
-        return (*log_q_tables,
-                [params[n].detach() for n in names], [opt.acc[n] for n in names], mom(names),
+        return ([params[n].detach() for n in names], [opt.acc[n] for n in names], mom(names),
                 [params[n].detach() for n in gru_names], [opt.acc[n] for n in gru_names], mom(gru_names),
                 list(m._variant_codes), _INPUT_MODES[m.input_mode], m.dropout_p_embed, m.dropout_p_hidden,
                 *self.output_loss.codes(), self.lr, self.momentum, opt.eps)
