@@ -202,6 +202,8 @@ class AdagradM:
                 "mom": {n: t.detach().cpu() for n, t in self.mom.items()}}
 
     def load_state_dict(self, state: dict) -> None:
+        """Copy a `state_dict()` into the preallocated state (in place; a state saved in another
+        dtype, e.g. a bf16 model's state from before it was float32, is converted)."""
         for key in ("acc", "mom"):
             mine = getattr(self, key)
             theirs = state.get(key, {})
