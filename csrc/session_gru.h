@@ -5,8 +5,7 @@
 // A backend is a struct `K` with static functions taking the step structs below:
 //   K::forward_cudnn(FwdStep), K::forward_gru4rec_gates(FwdStep), K::forward_gru4rec_cand(FwdStep),
 //   K::backward_cudnn(BwdStep), K::backward_gru4rec_cand(BwdStep), K::backward_gru4rec_gates(BwdStep),
-//   K::zero_reset_rows(Tensor x [B,H], const bool* reset [B]), K::check_ids(Tensor ids, int64_t N),
-//   K::id_weight_grad(Tensor dgi [T*B,3H], Tensor ids [T*B], int64_t N) -> Tensor [3H,N].
+//   K::zero_reset_rows(Tensor x [B,H], const bool* reset [B]), K::check_ids(Tensor ids, int64_t N).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -157,7 +156,9 @@ std::tuple<Tensor, Tensor, Tensor> session_gru_forward_impl(
   return {out, h_n, ws};
 }
 
-// Backward over T steps (reverse order), then the weight gradients with one product each.
+// Backward over T steps (reverse order), then the weight gradients with one product each. For id
+// input, grad_weight_ih is ROW-SPARSE, [T*B, 3H]: row t*B+b is the gradient w.r.t. column
+// input[t,b] of weight_ih [3H,N] (duplicate ids not summed; no dense [3H,N] buffer).
 template <class K>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> session_gru_backward_impl(
     const Tensor& grad_output_, const Tensor& grad_h_n_, const Tensor& input_,
@@ -236,7 +237,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> session_gru_backward_
   Tensor grad_input, grad_w_ih;
   if (d.ids) {
     grad_input = at::empty({0}, opts);
-    grad_w_ih = K::id_weight_grad(dgi2, input.view({T * B}), d.N);
+    grad_w_ih = dgi2;  // row-sparse: the gate gradients of the rows, belonging to their ids
   } else {
     const Tensor x2 = input.view({T * B, d.E});
     grad_input = need_grad_input ? at::mm(dgi2, w_ih).view({T, B, d.E}) : at::empty({0}, opts);

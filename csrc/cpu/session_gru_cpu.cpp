@@ -317,26 +317,6 @@ struct CpuKernels {
                   i, " is out of range [0, ", N, ") (N = weight_ih.size(1))");
     }
   }
-
-  // dL/dweight_ih [3H,N] for id input: column ids[e] accumulates row e of dgi [E,3H].
-  static Tensor id_weight_grad(const Tensor& dgi, const Tensor& ids, int64_t N) {
-    const int64_t G = dgi.size(1), E = dgi.size(0);
-    Tensor grad = at::zeros({G, N}, dgi.options());
-    const int64_t* id = ids.const_data_ptr<int64_t>();
-    AT_DISPATCH_FLOATING_TYPES(dgi.scalar_type(), "session_gru_backward", [&] {
-      const scalar_t* src = dgi.const_data_ptr<scalar_t>();
-      scalar_t* dst = grad.mutable_data_ptr<scalar_t>();
-      // Parallel over the 3H rows of the gradient: each row is written by one thread only.
-      at::parallel_for(0, G, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, E)),
-                       [&](int64_t g0, int64_t g1) {
-                         for (int64_t g = g0; g < g1; ++g) {
-                           scalar_t* row = dst + g * N;
-                           for (int64_t e = 0; e < E; ++e) row[id[e]] += src[e * G + g];
-                         }
-                       });
-    });
-    return grad;
-  }
 };
 
 std::tuple<Tensor, Tensor, Tensor> forward_cpu(const Tensor& input, const Tensor& reset,

@@ -302,13 +302,6 @@ struct CudaKernels {
     TORCH_CHECK(lo_v >= 0 && hi_v < N, "session_gru: input item ids must be in [0, ", N,
                 ") (N = weight_ih.size(1)), got ids from ", lo_v, " to ", hi_v);
   }
-
-  // dL/dweight_ih [3H,N] for id input: column ids[e] accumulates row e of dgi [E,3H] (atomics).
-  static Tensor id_weight_grad(const Tensor& dgi, const Tensor& ids, int64_t N) {
-    Tensor grad = at::zeros({dgi.size(1), N}, dgi.options());
-    grad.index_add_(1, ids, dgi.t());
-    return grad;
-  }
 };
 
 std::tuple<Tensor, Tensor, Tensor> forward_cuda(const Tensor& input, const Tensor& reset,
