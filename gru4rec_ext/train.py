@@ -24,6 +24,7 @@ from . import _extension
 from .model import GRU4Rec
 from .optim import AdagradM
 from .sampling import PopularitySampler
+from .threads import cpu_training_threads
 
 logger = logging.getLogger("gru4rec_ext")
 
@@ -357,8 +358,15 @@ class Trainer:
         """Train one epoch (0-based `epoch`), or its first `max_steps` steps (benchmarks).
 
         Returns {"epoch", "loss", "events_per_s", "seconds", "steps", "events"}; events are the
-        valid training pairs of the steps run, loss the mean batch loss.
+        valid training pairs of the steps run, loss the mean batch loss. On the CPU with the kernels
+        the step's work runs on the kernels' own threads (gru4rec_ext.threads).
         """
+        if self.device.type == "cpu" and self.model.backend == "kernels":
+            with cpu_training_threads():
+                return self._run_epoch(epoch, max_steps)
+        return self._run_epoch(epoch, max_steps)
+
+    def _run_epoch(self, epoch: int, max_steps: int | None) -> dict:
         from tqdm.auto import tqdm
         model, opt, sampler = self.model, self.optimizer, self.sampler
         t0 = time.perf_counter()

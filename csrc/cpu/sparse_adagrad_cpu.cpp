@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "cpu/cpu_isa.h"
+#include "cpu/thread_pool.h"
 #include "cpu/id_groups.h"
 #include "sparse_adagrad.h"
 
@@ -120,7 +121,7 @@ void sparse_adagrad_rows(scalar_t* param, scalar_t* acc, scalar_t* mom, const in
     const char* c = reinterpret_cast<const char*>(base);
     for (int64_t off = 0; off < row_bytes; off += 64) __builtin_prefetch(c + off, 1, 1);
   };
-  at::parallel_for(0, G, grain, [&](int64_t begin, int64_t end) {
+  cpu::parallel_for(G, grain, [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> g(D);
     for (int64_t gi = begin; gi < end; ++gi) {
       if (gi + kAhead < end) {
@@ -162,7 +163,7 @@ void sparse_adagrad_cpu(at::Tensor& param, at::Tensor& acc, at::Tensor& mom, con
 template <typename scalar_t>
 void dense_adagrad_span(scalar_t* __restrict__ p, scalar_t* __restrict__ a, scalar_t* __restrict__ v,
                         const scalar_t* __restrict__ g, int64_t n, scalar_t lr, scalar_t momentum, scalar_t eps) {
-  at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
+  cpu::parallel_for(n, 16384, [&](int64_t begin, int64_t end) {
     adagrad_span_best<scalar_t>(p + begin, a + begin, momentum > 0 ? v + begin : nullptr, g + begin, end - begin,
                                 lr, momentum, eps);
   });
