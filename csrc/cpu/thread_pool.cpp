@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <exception>
 #include <mutex>
 #include <thread>
@@ -34,6 +35,10 @@ constexpr int kCallerSpin = 4000;
 // At most this many chunks per thread: claiming is dynamic, so a few per thread balance the load
 // when one thread is slowed down by another process.
 constexpr int64_t kChunksPerThread = 4;
+
+using Clock = std::chrono::steady_clock;
+// A wait longer than two of the caller's chunks plus this is a stall (see Pool::update_backoff).
+constexpr Clock::duration kStallSlack = std::chrono::microseconds(50);
 
 // Makes ATen, OpenMP and MKL calls made on this (worker) thread single-threaded.
 void make_thread_serial() {
@@ -76,6 +81,11 @@ class Pool {
       fn(body, 0, n);
       return;
     }
+    if (backoff_left_ > 0) {  // workers were stalled lately: run alone for a while
+      --backoff_left_;
+      fn(body, 0, n);
+      return;
+    }
     ensure_workers(nthreads - 1);
     const int64_t max_chunks = kChunksPerThread * nthreads;
     const int64_t chunk = std::max(grain, (n + max_chunks - 1) / max_chunks);
@@ -99,7 +109,9 @@ class Pool {
     seq_.store(seq, std::memory_order_seq_cst);
     if (sleepers_.load(std::memory_order_seq_cst) > 0) seq_.notify_all();
 
-    claim_and_run(seq);
+    const auto t0 = Clock::now();
+    const int64_t own = claim_and_run(seq);
+    const auto t1 = Clock::now();
     // Wait only for the chunks that workers claimed and are still running.
     for (int spins = 0; done_.load(std::memory_order_acquire) < total; ++spins) {
       if (spins < kCallerSpin) {
@@ -108,20 +120,41 @@ class Pool {
         std::this_thread::yield();
       }
     }
+    update_backoff(own, t1 - t0, Clock::now() - t1);
     if (error_) std::rethrow_exception(error_);
   }
 
  private:
   Pool() = default;
 
-  // Claims and runs chunks of job `seq` until none is left (or the job is no longer `seq`).
-  void claim_and_run(uint32_t seq) {
-    for (;;) {
+  // A worker that a busy core took away in the middle of a chunk makes the caller wait for it, up to
+  // a scheduler time slice. When the caller waited much longer than a chunk takes (a stall), it runs
+  // the next jobs alone: 16 of them after one stall, twice as many after each further stall in a
+  // row (at most 4096), fewer again after jobs that ran in parallel without one. So a machine
+  // busy with other work gets about one thread's speed instead of a collapse, and a quiet one
+  // keeps both threads.
+  void update_backoff(int64_t own_chunks, Clock::duration own, Clock::duration waited) {
+    const auto per_chunk = own / std::max<int64_t>(own_chunks, 1);
+    if (waited > 2 * per_chunk + kStallSlack) {
+      backoff_ = std::min<int64_t>(std::max<int64_t>(16, 2 * backoff_), 4096);
+      backoff_left_ = backoff_;
+    } else {
+      backoff_ /= 2;
+    }
+  }
+
+  // Claims and runs chunks of job `seq` until none is left (or the job is no longer `seq`);
+  // returns how many it ran.
+  int64_t claim_and_run(uint32_t seq) {
+    for (int64_t ran = 0;; ++ran) {
       uint64_t word = claim_.load(std::memory_order_acquire);
-      if ((word >> 32) != seq) return;
+      if ((word >> 32) != seq) return ran;
       const int64_t c = static_cast<int64_t>(word & 0xffffffffu);
-      if (c >= total_.load(std::memory_order_relaxed)) return;
-      if (!claim_.compare_exchange_weak(word, word + 1, std::memory_order_acq_rel)) continue;
+      if (c >= total_.load(std::memory_order_relaxed)) return ran;
+      if (!claim_.compare_exchange_weak(word, word + 1, std::memory_order_acq_rel)) {
+        --ran;
+        continue;
+      }
       // Chunk c of job `seq` is ours: the job cannot finish (nor its fields change) before we count it.
       const int64_t chunk = chunk_.load(std::memory_order_relaxed);
       const int64_t begin = c * chunk, end = std::min(n_.load(std::memory_order_relaxed), begin + chunk);
@@ -167,11 +200,12 @@ class Pool {
         }
       }
       last = seq;
-      if (index < active_workers_.load(std::memory_order_relaxed)) claim_and_run(seq);
+      if (index < active_workers_.load(std::memory_order_relaxed)) (void)claim_and_run(seq);
     }
   }
 
   std::atomic<int> threads_{0};  // 0: not chosen yet
+  int64_t backoff_ = 0, backoff_left_ = 0;  // jobs to run alone after stalls (the caller's, under run_mutex_)
   std::mutex run_mutex_, spawn_mutex_, error_mutex_;
   std::vector<std::thread> workers_;
   // The current job (written by the caller before it publishes `claim_`).
