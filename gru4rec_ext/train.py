@@ -12,6 +12,7 @@ optimizer) and `fit()`: the epochs, checkpoints and the final evaluation.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
@@ -23,6 +24,7 @@ from .optim import AdagradM
 from .sampling import PopularitySampler
 from .train_loop import LOG_EVERY, headline, run_epoch, write_json
 from .train_state import CHECKPOINT_NAME, resume_training, save_training_checkpoint
+from .threads import cpu_training_threads
 from .train_step import OutputLoss, TrainStep, compute_step
 
 logger = logging.getLogger("gru4rec_ext")
@@ -163,15 +165,19 @@ class Trainer:
         """Train one epoch (0-based `epoch`), or its first `max_steps` steps (benchmarks).
 
         Returns {"epoch", "loss", "events_per_s", "seconds", "steps", "events"}; events are the
-        valid training pairs of the steps run, loss the mean batch loss.
+        valid training pairs of the steps run, loss the mean batch loss. On the CPU with the kernels
+        the steps run on the kernels' own threads, torch's ops on one (gru4rec_ext.threads).
         """
         from .batching import build_schedule
         t0 = time.perf_counter()
         # The ids are checked here, once per epoch on the host, so that no step checks (or syncs for) them.
         schedule = build_schedule(self.data, self.batch_size, shuffle=self.shuffle, seed=self.seed + epoch,
                                   n_items=self.model.n_items)
-        return run_epoch(self.make_step(), schedule, self.model.init_hidden(self.batch_size, self.device), epoch=epoch,
-                         n_epochs=self.n_epochs, max_steps=max_steps, progress=self.progress, t0=t0)
+        threads = (cpu_training_threads() if self.device.type == "cpu" and self.model.backend == "kernels"
+                   else contextlib.nullcontext())
+        with threads:
+            return run_epoch(self.make_step(), schedule, self.model.init_hidden(self.batch_size, self.device),
+                             epoch=epoch, n_epochs=self.n_epochs, max_steps=max_steps, progress=self.progress, t0=t0)
 
     def fit(self) -> dict:
         """Train the remaining epochs (checkpointing each), evaluate on eval_data; returns the summary."""

@@ -12,6 +12,7 @@
 #pragma GCC optimize("no-trapping-math")
 
 #include "cpu/cpu_isa.h"
+#include "cpu/thread_pool.h"
 #include "gru_math.h"
 #include "session_gru.h"
 
@@ -24,7 +25,7 @@ int64_t row_grain(int64_t H) { return std::max<int64_t>(1, 16384 / std::max<int6
 // Runs rows(b0, b1) over [0, B) in parallel chunks.
 template <class F>
 void parallel_rows(int64_t B, int64_t H, const F& rows) {
-  at::parallel_for(0, B, row_grain(H), [&](int64_t b0, int64_t b1) { run_best(rows, b0, b1); });
+  cpu::parallel_for(B, row_grain(H), [&](int64_t b0, int64_t b1) { run_best(rows, b0, b1); });
 }
 
 // Zeros that reset rows read in place of their previous state and recurrent product: a pointer

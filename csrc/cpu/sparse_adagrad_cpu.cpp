@@ -21,6 +21,7 @@
 
 #include "cpu/cpu_isa.h"
 #include "cpu/id_groups.h"
+#include "cpu/thread_pool.h"
 #include "sparse_adagrad.h"
 
 namespace gru4rec {
@@ -164,7 +165,7 @@ void sparse_adagrad_rows(scalar_t* param, state_t<scalar_t>* acc, state_t<scalar
     const char* c = static_cast<const char*>(base);
     for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 1, 1);
   };
-  at::parallel_for(0, G, grain, [&](int64_t begin, int64_t end) {
+  cpu::parallel_for(G, grain, [&](int64_t begin, int64_t end) {
     std::vector<S> g(D);
     RowUpdate<scalar_t> update;
     for (int64_t gi = begin; gi < end; ++gi) {
@@ -214,7 +215,7 @@ void dense_adagrad_span(scalar_t* __restrict__ p, state_t<scalar_t>* __restrict_
                         state_t<scalar_t>* __restrict__ v, const scalar_t* __restrict__ g, int64_t n,
                         state_t<scalar_t> lr, state_t<scalar_t> momentum, state_t<scalar_t> eps) {
   using S = state_t<scalar_t>;
-  at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
+  cpu::parallel_for(n, 16384, [&](int64_t begin, int64_t end) {
     if constexpr (std::is_same_v<scalar_t, S>) {
       adagrad_span_best<S>(p + begin, a + begin, momentum > 0 ? v + begin : nullptr, g + begin, end - begin, lr,
                            momentum, eps);
