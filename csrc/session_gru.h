@@ -9,12 +9,13 @@
 // A backend is a struct `K` with static functions taking the step structs below:
 //   K::forward_cudnn(FwdStep), K::forward_gru4rec_gates(FwdStep), K::forward_gru4rec_cand(FwdStep),
 //   K::backward_cudnn(BwdStep), K::backward_gru4rec_cand(BwdStep), K::backward_gru4rec_gates(BwdStep),
-//   K::zero_reset_rows(Tensor x [B,H], const bool* reset [B]), K::check_ids(Tensor ids, int64_t N),
-//   K::id_weight_grad(Tensor dgi [T*B,3H], Tensor ids [T*B], int64_t N) -> Tensor [3H,N].
+//   K::zero_reset_rows(Tensor x [B,H], const bool* reset [B]), K::check_ids(Tensor ids, int64_t N).
 #pragma once
 
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
+
+#include "products.h"
 
 #include <optional>
 #include <tuple>
@@ -108,7 +109,7 @@ std::tuple<Tensor, Tensor, Tensor> session_gru_forward_impl(
   if (d.ids) {
     K::check_ids(input, d.N);
   } else {
-    gi = at::mm(input.view({T * B, d.E}), w_ih.t());
+    gi = gru4rec::mm(input.view({T * B, d.E}), w_ih.t());
   }
   FwdStep s;
   s.dtype = opts.dtype().toScalarType();
@@ -142,7 +143,7 @@ std::tuple<Tensor, Tensor, Tensor> session_gru_forward_impl(
     const Tensor w_hh_t = w_hh.t();
     for (int64_t t = 0; t < T; ++t) {
       const Tensor hprev = t == 0 ? h0 : out.select(0, t - 1);
-      at::mm_out(gh, hprev, w_hh_t);
+      gru4rec::mm_out(gh, hprev, w_hh_t);
       set_step(t, hprev, gh);
       K::forward_cudnn(s);
     }
@@ -154,11 +155,12 @@ std::tuple<Tensor, Tensor, Tensor> session_gru_forward_impl(
     const Tensor rh_all = ws.view({T * B, 4 * H}).narrow(1, 3 * H, H);  // r * h of every step
     for (int64_t t = 0; t < T; ++t) {
       const Tensor hprev = t == 0 ? h0 : out.select(0, t - 1);
-      at::mm_out(gh, hprev, w_rz_t);
+      gru4rec::mm_out(gh, hprev, w_rz_t);
       set_step(t, hprev, gh);
       K::forward_gru4rec_gates(s);
       const Tensor rh = T == 1 ? rh_all : rh_all.narrow(0, t * B, B);
-      at::mm_out(ghc, rh.scalar_type() == w_hh.scalar_type() ? rh : rh.to(w_hh.scalar_type()), w_c_t);
+      gru4rec::mm_out(ghc, rh.scalar_type() == w_hh.scalar_type() ? rh : rh.to(w_hh.scalar_type()),
+                      w_c_t);
       s.gh = ghc.const_data_ptr();
       K::forward_gru4rec_cand(s);
     }
@@ -166,7 +168,9 @@ std::tuple<Tensor, Tensor, Tensor> session_gru_forward_impl(
   return {out, h_n, ws};
 }
 
-// Backward over T steps (reverse order), then the weight gradients with one product each.
+// Backward over T steps (reverse order), then the weight gradients with one product each. For id
+// input, grad_weight_ih is ROW-SPARSE, [T*B, 3H]: row t*B+b is the gradient w.r.t. column
+// input[t,b] of weight_ih [3H,N] (duplicate ids not summed; no dense [3H,N] buffer).
 template <class K>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> session_gru_backward_impl(
     const Tensor& grad_output_, const Tensor& grad_h_n_, const Tensor& input_,
@@ -218,12 +222,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> session_gru_backward_
     const bool carry_back = t > 0 || need_grad_h0;
     if (cudnn) {
       K::backward_cudnn(s);
-      if (carry_back) carry.addmm_(dgh_t, w_hh);
+      if (carry_back) gru4rec::addmm_(carry, dgh_t, w_hh);
     } else {
       K::backward_gru4rec_cand(s);
-      at::mm_out(drh, dgh_t.narrow(1, 2 * H, H), w_c);
+      gru4rec::mm_out(drh, dgh_t.narrow(1, 2 * H, H), w_c);
       K::backward_gru4rec_gates(s);
-      if (carry_back) carry.addmm_(dgh_t.narrow(1, 0, 2 * H), w_rz);
+      if (carry_back) gru4rec::addmm_(carry, dgh_t.narrow(1, 0, 2 * H), w_rz);
     }
   }
   if (need_grad_h0) {
@@ -236,23 +240,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> session_gru_backward_
   const Tensor& hp2 = hp;
   Tensor grad_w_hh;
   if (cudnn) {
-    grad_w_hh = at::mm(dgh2.t(), hp2);
+    grad_w_hh = gru4rec::mm(dgh2.t(), hp2);
   } else {
     grad_w_hh = at::empty({3 * H, H}, opts);
     Tensor g_rz = grad_w_hh.narrow(0, 0, 2 * H), g_c = grad_w_hh.narrow(0, 2 * H, H);
-    at::mm_out(g_rz, dgh2.narrow(1, 0, 2 * H).t(), hp2);
+    gru4rec::mm_out(g_rz, dgh2.narrow(1, 0, 2 * H).t(), hp2);
     const Tensor rh = ws.view({T * B, 4 * H}).narrow(1, 3 * H, H);  // r * h of every step
-    at::mm_out(g_c, dgh2.narrow(1, 2 * H, H).t(),
-               rh.scalar_type() == w_hh.scalar_type() ? rh : rh.to(w_hh.scalar_type()));
+    gru4rec::mm_out(g_c, dgh2.narrow(1, 2 * H, H).t(),
+                    rh.scalar_type() == w_hh.scalar_type() ? rh : rh.to(w_hh.scalar_type()));
   }
   Tensor grad_input, grad_w_ih;
   if (d.ids) {
     grad_input = at::empty({0}, opts);
-    grad_w_ih = K::id_weight_grad(dgi2, input.view({T * B}), d.N);
+    grad_w_ih = dgi2;  // row-sparse: the gate gradients of the rows, belonging to their ids
   } else {
     const Tensor x2 = input.view({T * B, d.E});
-    grad_input = need_grad_input ? at::mm(dgi2, w_ih).view({T, B, d.E}) : at::empty({0}, opts);
-    grad_w_ih = at::mm(dgi2.t(), x2);
+    grad_input = need_grad_input ? gru4rec::mm(dgi2, w_ih).view({T, B, d.E}) : at::empty({0}, opts);
+    grad_w_ih = gru4rec::mm(dgi2.t(), x2);
   }
   const bool has_b_ih = bias_ih.has_value() && bias_ih->defined();
   const bool has_b_hh = bias_hh.has_value() && bias_hh->defined();

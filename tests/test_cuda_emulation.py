@@ -204,7 +204,13 @@ def check_gru(args, variant, dtype=torch.float32, need_input=True, need_h0=True,
         ours = emu_g[name]
         if (name == "input" and not need_input) or (name == "h0" and not need_h0):
             assert ours.numel() == 0, name
-        elif ours.shape == ref.shape:  # (a row-sparse id-input weight_ih gradient: CPU only)
+        elif name == "weight_ih" and args[0].dtype == torch.long:
+            # id input: row t*B+b of the row-sparse [T*B, 3H] gradient is column input[t, b]'s
+            assert ours.shape == (T * B, 3 * H)
+            dense = torch.zeros(ref.shape, dtype=torch.float64).index_add_(
+                1, args[0].reshape(-1), ours.double().t())
+            checks.append(("grad_weight_ih (densified)", dense, ref))
+        else:
             checks.append(("grad_" + name, ours, ref))
     for name, ours, ref in checks:
         err = rel_err(ours, ref)
@@ -430,38 +436,82 @@ def test_loss_half_and_float8_rejected(dtype):
 
 # ---- sparse_adagrad_ ----
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def adagrad_case(dtype, D, momentum, transposed=False, N=40, M=70, seed=0):
+    """param [N, D] (dtype; a transposed view when `transposed`), float32 state for bf16/fp16,
+    70 indices over 40 rows (duplicates, untouched rows) of which every 7th is -1 (skipped)."""
+    g = torch.Generator().manual_seed(seed + D)
+    state = torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+
+    def table(dt, rand=torch.randn):
+        t = rand(D, N, generator=g, dtype=torch.float64).to(dt)
+        return t.t() if transposed else t.t().contiguous()
+
+    param, acc, mom = table(dtype), table(state, torch.rand), table(state)
+    idx = torch.randint(0, N, (M,), generator=g)
+    idx[::7] = -1
+    rows = torch.randn(M, D, generator=g, dtype=torch.float64).to(dtype)
+    return param, acc, mom, idx, rows
+
+
+def adagrad_expected(param, acc, mom, idx, rows, lr, momentum, eps):
+    """float64 reference on the rows that valid indices touch (duplicates summed)."""
+    keep = idx >= 0
+    gsum = torch.zeros(param.shape, dtype=torch.float64).index_add_(0, idx[keep], rows[keep].double())
+    touched = torch.zeros(param.shape[0], dtype=torch.bool)
+    touched[idx[keep]] = True
+    a = acc.double() + gsum * gsum
+    step = gsum / (a + eps).sqrt()
+    m = momentum * mom.double() - lr * step
+    p = param.double() + m if momentum > 0 else param.double() - lr * step
+    return touched, p, a, m
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16],
+                         ids=["float32", "float64", "bfloat16", "float16"])
 @pytest.mark.parametrize("D", [1, 31, 64, 100, 300])
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 def test_sparse_adagrad(dtype, D, momentum):
-    """The emulated kernel against the CPU kernel and a plain PyTorch update (duplicates summed)."""
-    g = torch.Generator().manual_seed(D)
-    N, M = 40, 70  # 70 indices over 40 rows: duplicates, and rows not touched
-    param = torch.randn(N, D, generator=g, dtype=dtype)
-    acc = torch.rand(N, D, generator=g, dtype=dtype)
-    mom = torch.randn(N, D, generator=g, dtype=dtype)
-    idx = torch.randint(0, N, (M,), generator=g)
-    rows = torch.randn(M, D, generator=g, dtype=dtype)
+    """The emulated kernel against the CPU kernel and the float64 reference."""
+    check_sparse_adagrad(dtype, D, momentum, transposed=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_sparse_adagrad_transposed_param(dtype, momentum):
+    """A transposed view (weight_ih.t(), the one-hot input's column update): strided rows."""
+    check_sparse_adagrad(dtype, 100, momentum, transposed=True)
+
+
+def check_sparse_adagrad(dtype, D, momentum, transposed):
     lr, eps = 0.05, 1e-6
-    states = {}
+    case = adagrad_case(dtype, D, momentum, transposed)
+    touched, ref_p, ref_a, ref_m = adagrad_expected(*case, lr, momentum, eps)
+    param, acc, mom, idx, rows = case
+    results = {}
     for name, ops in (("emu", EMU), ("cpu", CPU)):
-        p, a, m = param.clone(), acc.clone(), mom.clone()
+        p, a, m = (t.clone() if not transposed else t.t().clone().t() for t in (param, acc, mom))
+        assert p.stride() == param.stride()
         ops.sparse_adagrad_(p, a, m, idx, rows, lr, momentum, eps)
-        states[name] = (p, a, m)
-    gsum = torch.zeros_like(param).index_add_(0, idx, rows)
-    touched = torch.zeros(N, dtype=torch.bool)
-    touched[idx] = True
-    ref_a = torch.where(touched[:, None], acc + gsum * gsum, acc)
-    step = gsum / (ref_a + eps).sqrt()
-    ref_m = torch.where(touched[:, None], momentum * mom - lr * step, mom)
-    ref_p = torch.where(touched[:, None], param + ref_m if momentum > 0 else param - lr * step, param)
-    tol = 1e-6 if dtype == torch.float32 else 1e-13
-    for name, (p, a, m) in states.items():
-        assert rel_err(a, ref_a) < tol and rel_err(p, ref_p) < tol, name
-        if momentum > 0:
-            assert rel_err(m, ref_m) < tol, name
-        if name == "emu":
-            record("sparse_adagrad_", dtype, max(rel_err(a, ref_a), rel_err(p, ref_p)))
+        results[name] = (p, a, m)
+    reduced = dtype in (torch.bfloat16, torch.float16)
+    ulp = torch.finfo(dtype).eps
+    tol = {torch.float32: 1e-6, torch.float64: 1e-13}.get(dtype, 1e-5)
+    (pe, ae, me), (pc, ac, mc) = results["emu"], results["cpu"]
+    # Emulated against CPU kernel: the same update (sums in another order: an ulp at most).
+    if reduced:
+        assert torch.allclose(pe.double(), pc.double(), rtol=2 * ulp, atol=0)
+    else:
+        assert rel_err(pe, pc) < tol
+    assert rel_err(ae, ac) < tol and (momentum == 0 or rel_err(me, mc) < tol)
+    # Against the reference: touched rows updated (bf16/fp16: rounded once), the others unchanged.
+    assert torch.equal(pe[~touched], param[~touched]) and torch.equal(ae[~touched], acc[~touched])
+    err_p = rel_err(pe[touched], ref_p[touched])
+    assert err_p < (ulp if reduced else tol), err_p
+    assert rel_err(ae[touched], ref_a[touched]) < max(tol, 1e-6)
+    if momentum > 0:
+        assert rel_err(me[touched], ref_m[touched]) < max(tol, 1e-6)
+        assert torch.equal(me[~touched], mom[~touched])
+    record("sparse_adagrad_", dtype, err_p)
 
 
 def test_sparse_adagrad_bad_index_is_a_device_assert():

@@ -1,6 +1,6 @@
 // CPU kernels of gru4rec::sampled_loss_forward/backward: the score GEMM and the backward GEMMs go
 // through ATen (BLAS); the fused per-row pass (activation, loss terms, reductions, dL/dscore) is
-// here, parallel over rows with at::parallel_for: float, double, and bfloat16 (whose rows are
+// here, parallel over rows (cpu::parallel_for): float, double, and bfloat16 (whose rows are
 // converted to float, computed in float, and rounded once when dL/dscore is written back).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -23,6 +23,7 @@
 #endif
 
 #include "cpu/cpu_isa.h"
+#include "cpu/thread_pool.h"
 #include "loss_math.h"
 
 namespace gru4rec {
@@ -360,7 +361,7 @@ void row_pass_cpu(scalar_t* S, const int64_t* cols, const int64_t* cand, const s
   for (int64_t b = 0; valid && b < B; ++b) all_valid = all_valid && valid[b];
   // Otherwise every column but the row's own is a negative (cross-entropy then skips the selects).
   const bool need_nm = p.loss != lm::kCrossEntropy || p.mask_hits || !all_valid;
-  at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
+  cpu::parallel_for(B, grain, [&](int64_t begin, int64_t end) {
     RowScratch<acc_t> s(C);
     std::vector<acc_t> r(C), g(C), nm(C), shift(log_q ? C : 0), xs(gather ? C : 0),
         ds(gather ? C : 0), du(cols && !kSame ? U : 0);

@@ -15,6 +15,7 @@
 #pragma GCC optimize("no-trapping-math")
 
 #include "cpu/cpu_isa.h"
+#include "cpu/thread_pool.h"
 #include "gru_math.h"
 #include "session_gru.h"
 
@@ -27,7 +28,7 @@ int64_t row_grain(int64_t H) { return std::max<int64_t>(1, 16384 / std::max<int6
 // Runs rows(b0, b1) over [0, B) in parallel chunks.
 template <class F>
 void parallel_rows(int64_t B, int64_t H, const F& rows) {
-  at::parallel_for(0, B, row_grain(H), [&](int64_t b0, int64_t b1) { run_best(rows, b0, b1); });
+  cpu::parallel_for(B, row_grain(H), [&](int64_t b0, int64_t b1) { run_best(rows, b0, b1); });
 }
 
 // Zeros that reset rows read in place of their previous state and recurrent product: a pointer
@@ -330,26 +331,6 @@ struct CpuKernels {
       TORCH_CHECK(p[i] >= 0 && p[i] < N, "session_gru: input item id ", p[i], " at flat position ",
                   i, " is out of range [0, ", N, ") (N = weight_ih.size(1))");
     }
-  }
-
-  // dL/dweight_ih [3H,N] for id input: column ids[e] accumulates row e of dgi [E,3H].
-  static Tensor id_weight_grad(const Tensor& dgi, const Tensor& ids, int64_t N) {
-    const int64_t G = dgi.size(1), E = dgi.size(0);
-    Tensor grad = at::zeros({G, N}, dgi.options());
-    const int64_t* id = ids.const_data_ptr<int64_t>();
-    GRU4REC_CPU_DISPATCH(dgi.scalar_type(), "session_gru_backward", [&] {
-      const scalar_t* src = dgi.const_data_ptr<scalar_t>();
-      scalar_t* dst = grad.mutable_data_ptr<scalar_t>();
-      // Parallel over the 3H rows of the gradient: each row is written by one thread only.
-      at::parallel_for(0, G, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, E)),
-                       [&](int64_t g0, int64_t g1) {
-                         for (int64_t g = g0; g < g1; ++g) {
-                           scalar_t* row = dst + g * N;
-                           for (int64_t e = 0; e < E; ++e) row[id[e]] += src[e * G + g];
-                         }
-                       });
-    });
-    return grad;
   }
 };
 

@@ -82,13 +82,6 @@ struct CudaKernels {
     (void)ids;
     (void)N;
   }
-
-  // dL/dweight_ih [3H,N] for id input: column ids[e] accumulates row e of dgi [E,3H] (atomics).
-  static Tensor id_weight_grad(const Tensor& dgi, const Tensor& ids, int64_t N) {
-    Tensor grad = at::zeros({dgi.size(1), N}, dgi.options());
-    grad.index_add_(1, ids, dgi.t());
-    return grad;
-  }
 };
 
 // The op entry points. The arguments are checked before the device guard is built: a guard on a
