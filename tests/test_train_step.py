@@ -258,15 +258,16 @@ def test_session_gru_backward_ids_gives_row_sparse_weight_ih_grad():
 
 # ----- a bf16 model trains on the CPU (issue 9: "what it must show") -----
 
-def test_bf16_model_trains_with_float32_optimizer_state():
-    """A bfloat16 GRU4Rec (backend "reference" here: the bf16 GRU and loss kernels come with the
-    kernels' own bf16 support) trains with finite, falling loss; its optimizer state is float32;
-    evaluation ranks float32 scores of it, above the untrained model."""
+@pytest.mark.parametrize("backend", ["reference", "kernels"])
+def test_bf16_model_trains_with_float32_optimizer_state(backend):
+    """A bfloat16 GRU4Rec (the pure-PyTorch ops, or the bf16 kernels: the fused step on the CPU)
+    trains with finite, falling loss; its optimizer state is float32; evaluation ranks float32
+    scores of it, above the untrained model."""
     from gru4rec_ext.evaluate import evaluate
     from train_helpers import rsc15_slice
     train_data, test_data, item_map = rsc15_slice(300, 100)
     torch.manual_seed(0)
-    model = GRU4Rec(item_map.n_items, [32], dropout_p_hidden=0.2, backend="reference").to(torch.bfloat16)
+    model = GRU4Rec(item_map.n_items, [32], dropout_p_hidden=0.2, backend=backend).to(torch.bfloat16)
     before = evaluate(model, test_data, progress=False)["standard"]["recall@20"]
     trainer = Trainer(model, train_data, n_epochs=2, batch_size=32, n_sample=64, logq=1.0, momentum=0.1,
                       learning_rate=0.2, progress=False)
