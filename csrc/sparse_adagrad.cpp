@@ -68,6 +68,23 @@ void check_sparse_adagrad_args(const at::Tensor& param, const at::Tensor& acc, c
   TORCH_CHECK(eps > 0, "sparse_adagrad_: eps must be > 0, got ", eps);
 }
 
+void check_sparse_adagrad_pair_args(const at::Tensor& param, const at::Tensor& acc, const at::Tensor& mom,
+                                    const at::Tensor& param2, const at::Tensor& acc2, const at::Tensor& mom2,
+                                    const at::Tensor& indices, const at::Tensor& rows, const at::Tensor& rows2,
+                                    double lr, double momentum, double eps) {
+  check_sparse_adagrad_args(param, acc, mom, indices, rows, lr, momentum, eps);
+  TORCH_CHECK(param2.dim() == 2 && param2.size(0) == param.size(0),
+              "sparse_adagrad_pair_: param2 must be [N=", param.size(0), ", D2], got ", param2.sizes());
+  TORCH_CHECK(param2.scalar_type() == param.scalar_type(), "sparse_adagrad_pair_: param2 must have param's dtype ",
+              param.scalar_type(), ", got ", param2.scalar_type());
+  TORCH_CHECK(param2.device() == param.device(), "sparse_adagrad_pair_: param2 must be on ", param.device(),
+              ", got ", param2.device());
+  TORCH_CHECK(rows2.dim() == 2 && rows2.size(0) <= indices.size(0),
+              "sparse_adagrad_pair_: rows2 must be [M2, D2] with M2 <= M=", indices.size(0), ", got ", rows2.sizes());
+  // param2's own rules, with the first M2 indices.
+  check_sparse_adagrad_args(param2, acc2, mom2, indices.narrow(0, 0, rows2.size(0)), rows2, lr, momentum, eps);
+}
+
 void check_dense_adagrad_args(const at::TensorList params, const at::TensorList accs, const at::TensorList moms,
                               const at::TensorList grads, double lr, double momentum, double eps) {
   const size_t n = params.size();
@@ -103,6 +120,13 @@ TORCH_LIBRARY_FRAGMENT(gru4rec, m) {
   // argument rules at the top of this file.
   m.def("sparse_adagrad_(Tensor(a!) param, Tensor(b!) acc, Tensor(c!) mom, Tensor indices, Tensor rows, "
         "float lr, float momentum, float eps) -> ()");
+  // Two tables updated at the same indices with one sort (the output layer's Wy [N,D] and By as
+  // [N,1]): param at every index with rows [M,D]; param2 [N,D2] at the first M2 indices with rows2
+  // [M2,D2] (a row that only later indices touch leaves param2, acc2, mom2 alone). Otherwise the
+  // rules of sparse_adagrad_ for each table.
+  m.def("sparse_adagrad_pair_(Tensor(a!) param, Tensor(b!) acc, Tensor(c!) mom, Tensor(d!) param2, "
+        "Tensor(e!) acc2, Tensor(f!) mom2, Tensor indices, Tensor rows, Tensor rows2, float lr, float momentum, "
+        "float eps) -> ()");
   // The dense update of a list of parameters in one call (moms ignored, may be [], when momentum == 0).
   m.def("dense_adagrad_(Tensor(a!)[] params, Tensor(b!)[] accs, Tensor(c!)[] moms, Tensor[] grads, "
         "float lr, float momentum, float eps) -> ()");

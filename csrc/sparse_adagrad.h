@@ -14,6 +14,12 @@ void check_sparse_adagrad_args(const at::Tensor& param, const at::Tensor& acc, c
                                const at::Tensor& indices, const at::Tensor& rows, double lr,
                                double momentum, double eps);
 
+// sparse_adagrad_'s rules for (param, indices, rows) and for (param2, indices[:M2], rows2).
+void check_sparse_adagrad_pair_args(const at::Tensor& param, const at::Tensor& acc, const at::Tensor& mom,
+                                    const at::Tensor& param2, const at::Tensor& acc2, const at::Tensor& mom2,
+                                    const at::Tensor& indices, const at::Tensor& rows, const at::Tensor& rows2,
+                                    double lr, double momentum, double eps);
+
 void check_dense_adagrad_args(const at::TensorList params, const at::TensorList accs, const at::TensorList moms,
                               const at::TensorList grads, double lr, double momentum, double eps);
 

@@ -208,6 +208,16 @@ void sparse_adagrad_cpu(at::Tensor& param, at::Tensor& acc, at::Tensor& mom, con
   });
 }
 
+// sparse_adagrad_pair_ on the CPU: the two tables' updates, one after the other (the CUDA kernel
+// shares one sort between them; the results are the same).
+void sparse_adagrad_pair_cpu(at::Tensor& param, at::Tensor& acc, at::Tensor& mom, at::Tensor& param2,
+                             at::Tensor& acc2, at::Tensor& mom2, const at::Tensor& indices, const at::Tensor& rows,
+                             const at::Tensor& rows2, double lr, double momentum, double eps) {
+  check_sparse_adagrad_pair_args(param, acc, mom, param2, acc2, mom2, indices, rows, rows2, lr, momentum, eps);
+  sparse_adagrad_cpu(param, acc, mom, indices, rows, lr, momentum, eps);
+  sparse_adagrad_cpu(param2, acc2, mom2, indices.narrow(0, 0, rows2.size(0)), rows2, lr, momentum, eps);
+}
+
 // p, g [n] (scalar_t), a, v [n] (state type): the dense Adagrad-momentum update of one contiguous
 // tensor, in place. Half and BFloat16 go through float buffers of kChunk elements.
 template <typename scalar_t>
@@ -255,4 +265,5 @@ void dense_adagrad_cpu(at::TensorList params, at::TensorList accs, at::TensorLis
 TORCH_LIBRARY_IMPL(gru4rec, CPU, m) {
   m.impl("sparse_adagrad_", &gru4rec::sparse_adagrad_cpu);
   m.impl("dense_adagrad_", &gru4rec::dense_adagrad_cpu);
+  m.impl("sparse_adagrad_pair_", &gru4rec::sparse_adagrad_pair_cpu);
 }

@@ -1,4 +1,5 @@
-// torch.ops.gru4rec_emu.sparse_adagrad_: the CUDA kernel and launch of the sparse Adagrad update
+// torch.ops.gru4rec_emu.sparse_adagrad_, sparse_adagrad_pair_, dense_adagrad_: the CUDA kernels and
+// launch code of the Adagrad updates
 // (csrc/cuda/kernels/sparse_adagrad_kernels.cuh) compiled for the host emulation, on CPU tensors,
 // with the schema and checks of csrc/sparse_adagrad.cpp. Test-only.
 #include "emu/emu_library.h"
@@ -8,4 +9,6 @@
 
 TORCH_LIBRARY_IMPL(gru4rec_emu, CPU, m) {
   m.impl("sparse_adagrad_", &gru4rec::sparse_adagrad_cuda);
+  m.impl("sparse_adagrad_pair_", &gru4rec::sparse_adagrad_pair_cuda);
+  m.impl("dense_adagrad_", &gru4rec::dense_adagrad_cuda);
 }

@@ -1,7 +1,11 @@
-// CUDA kernel of gru4rec::sparse_adagrad_ and its launch: indices are sorted on the device (no
-// host sync), then the first block of each run of equal indices sums the run's rows and updates
-// that row once (negative indices, sorted first, are skipped). Argument rules:
-// csrc/sparse_adagrad.cpp. Compiled by nvcc (csrc/cuda/sparse_adagrad_cuda.cu) and, under the host
+// CUDA kernels of the Adagrad updates and their launch code:
+//   - gru4rec::sparse_adagrad_: indices are sorted on the device (no host sync), then the first
+//     block of each run of equal indices sums the run's rows and updates that row once (negative
+//     indices, sorted first, are skipped);
+//   - gru4rec::sparse_adagrad_pair_: the same for two tables that share the indices (the output
+//     layer's Wy and By) with ONE sort; the second table's rows belong to the first M2 indices only;
+//   - gru4rec::dense_adagrad_: every tensor of the list in one launch (a multi-tensor kernel).
+// Argument rules: csrc/sparse_adagrad.cpp. Compiled by nvcc (csrc/cuda/sparse_adagrad_cuda.cu) and, under the host
 // emulation, by g++ (csrc/emu/sparse_adagrad_emu.cpp).
 #pragma once
 
@@ -13,6 +17,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "cuda/kernels/launch.cuh"
@@ -52,6 +57,102 @@ __global__ void sparse_adagrad_kernel(scalar_t* __restrict__ param, acc_t* __res
   }
 }
 
+// The Adagrad-momentum update of one element (the CPU kernels' formula, in acc_t): acc += g^2;
+// v = mu v - lr g / sqrt(acc + eps); p += v (momentum 0: p -= lr g / sqrt(acc + eps)).
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void adagrad_element(scalar_t& p, acc_t& a, acc_t* v, acc_t g, acc_t lr, acc_t momentum,
+                                                acc_t eps) {
+  const acc_t an = a + g * g;
+  a = an;
+  const acc_t step = lr * (g / sqrt(an + eps));
+  if (momentum > 0) {
+    const acc_t vn = momentum * *v - step;
+    *v = vn;
+    p = static_cast<scalar_t>(static_cast<acc_t>(p) + vn);
+  } else {
+    p = static_cast<scalar_t>(static_cast<acc_t>(p) - step);
+  }
+}
+
+// Two tables updated at the same sorted [M] indices (ascending, negative skipped; perm [M] their
+// positions): param [N, D] with rows [M, D] (every index), param2 [N, D2] with rows2 [M2, D2]
+// (indices 0..M2-1 only: a row that only later indices touch keeps param2's row, acc2 and mom2
+// as they are). Element strides (s0, s1) of param/acc/mom, (t0, t1) of param2/acc2/mom2. One block
+// per sorted position; the first position of each run updates the row; threads over D + D2.
+template <typename scalar_t, typename acc_t>
+__global__ void sparse_adagrad_pair_kernel(scalar_t* __restrict__ param, acc_t* __restrict__ acc,
+                                           acc_t* __restrict__ mom, scalar_t* __restrict__ param2,
+                                           acc_t* __restrict__ acc2, acc_t* __restrict__ mom2,
+                                           const int64_t* __restrict__ sorted, const int64_t* __restrict__ perm,
+                                           const scalar_t* __restrict__ rows, const scalar_t* __restrict__ rows2,
+                                           int64_t N, int64_t M, int64_t M2, int64_t D, int64_t D2, int64_t s0,
+                                           int64_t s1, int64_t t0, int64_t t1, acc_t lr, acc_t momentum, acc_t eps) {
+  const int64_t i = blockIdx.x;
+  const int64_t row = sorted[i];
+  if (row < 0 || (i > 0 && sorted[i - 1] == row)) return;
+  CUDA_KERNEL_ASSERT(row < N);
+  for (int64_t e = threadIdx.x; e < D + D2; e += blockDim.x) {
+    if (e < D) {
+      acc_t g = 0;
+      for (int64_t j = i; j < M && sorted[j] == row; ++j) g += static_cast<acc_t>(rows[perm[j] * D + e]);
+      const int64_t at = row * s0 + e * s1;
+      adagrad_element<scalar_t, acc_t>(param[at], acc[at], momentum > 0 ? mom + at : nullptr, g, lr, momentum, eps);
+    } else {
+      const int64_t d = e - D;
+      acc_t g = 0;
+      bool touched = false;
+      for (int64_t j = i; j < M && sorted[j] == row; ++j) {
+        if (perm[j] < M2) {
+          touched = true;
+          g += static_cast<acc_t>(rows2[perm[j] * D2 + d]);
+        }
+      }
+      if (!touched) continue;  // not a no-op with momentum: an untouched row keeps its state
+      const int64_t at = row * t0 + d * t1;
+      adagrad_element<scalar_t, acc_t>(param2[at], acc2[at], momentum > 0 ? mom2 + at : nullptr, g, lr, momentum,
+                                       eps);
+    }
+  }
+}
+
+// The most tensors one dense_adagrad_ launch takes (the launcher splits longer lists).
+constexpr int kDenseAdagradMax = 24;
+
+// The tensors of one dense_adagrad_ launch, passed by value as the kernel's argument: tensor t has
+// n[t] contiguous elements at p[t], g[t] (scalar_t) and a[t], v[t] (acc_t; v null when momentum 0).
+template <typename scalar_t, typename acc_t>
+struct DenseAdagradList {
+  scalar_t* p[kDenseAdagradMax];
+  acc_t* a[kDenseAdagradMax];
+  acc_t* v[kDenseAdagradMax];
+  const scalar_t* g[kDenseAdagradMax];
+  int64_t n[kDenseAdagradMax];
+};
+
+// Dense Adagrad of a list of tensors, grid (x blocks, tensors): block row blockIdx.y updates
+// tensor blockIdx.y of `list` (n[t] elements), grid-stride over its elements.
+template <typename scalar_t, typename acc_t>
+__global__ void dense_adagrad_kernel(DenseAdagradList<scalar_t, acc_t> list, acc_t lr, acc_t momentum, acc_t eps) {
+  const int t = blockIdx.y;
+  const int64_t n = list.n[t];
+  scalar_t* p = list.p[t];
+  acc_t* a = list.a[t];
+  acc_t* v = list.v[t];
+  const scalar_t* g = list.g[t];
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    adagrad_element<scalar_t, acc_t>(p[i], a[i], momentum > 0 ? v + i : nullptr, static_cast<acc_t>(g[i]), lr,
+                                     momentum, eps);
+  }
+}
+
+constexpr int kAdagradThreads = 256;
+
+// Threads of a block that loops over D elements of a row: D rounded up to a warp, at most 256.
+int row_threads(int64_t D) {
+  return D >= kAdagradThreads ? kAdagradThreads : static_cast<int>(((D + 31) / 32) * 32);
+}
+
 void sparse_adagrad_cuda(at::Tensor& param, at::Tensor& acc, at::Tensor& mom, const at::Tensor& indices,
                          const at::Tensor& rows, double lr, double momentum, double eps) {
   check_sparse_adagrad_args(param, acc, mom, indices, rows, lr, momentum, eps);
@@ -61,7 +162,7 @@ void sparse_adagrad_cuda(at::Tensor& param, at::Tensor& acc, at::Tensor& mom, co
   auto [sorted, perm] = at::sort(indices, /*stable=*/true, /*dim=*/0, /*descending=*/false);
   sorted = sorted.contiguous();
   perm = perm.contiguous();
-  const int threads = D >= 256 ? 256 : static_cast<int>(((D + 31) / 32) * 32);
+  const int threads = row_threads(D);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, param.scalar_type(), "sparse_adagrad_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     launch_kernel(&sparse_adagrad_kernel<scalar_t, acc_t>, static_cast<unsigned int>(M), threads,
@@ -70,6 +171,67 @@ void sparse_adagrad_cuda(at::Tensor& param, at::Tensor& acc, at::Tensor& mom, co
         param.stride(0), param.stride(1), static_cast<acc_t>(lr), static_cast<acc_t>(momentum),
         static_cast<acc_t>(eps));
   });
+}
+
+// Wy [N, D] and By [N, D2] (the bias as [N, 1]) at one sorted copy of the indices; see
+// sparse_adagrad_pair_kernel and csrc/sparse_adagrad.cpp.
+void sparse_adagrad_pair_cuda(at::Tensor& param, at::Tensor& acc, at::Tensor& mom, at::Tensor& param2,
+                              at::Tensor& acc2, at::Tensor& mom2, const at::Tensor& indices, const at::Tensor& rows,
+                              const at::Tensor& rows2, double lr, double momentum, double eps) {
+  check_sparse_adagrad_pair_args(param, acc, mom, param2, acc2, mom2, indices, rows, rows2, lr, momentum, eps);
+  const int64_t M = indices.size(0), M2 = rows2.size(0), D = param.size(1), D2 = param2.size(1);
+  if (M == 0 || D + D2 == 0) return;
+  const DeviceGuard guard(param.device());
+  auto [sorted, perm] = at::sort(indices, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+  sorted = sorted.contiguous();
+  perm = perm.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, param.scalar_type(), "sparse_adagrad_pair_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    launch_kernel(&sparse_adagrad_pair_kernel<scalar_t, acc_t>, static_cast<unsigned int>(M), row_threads(D + D2),
+                  param.data_ptr<scalar_t>(), acc.data_ptr<acc_t>(), momentum > 0 ? mom.data_ptr<acc_t>() : nullptr,
+                  param2.data_ptr<scalar_t>(), acc2.data_ptr<acc_t>(),
+                  momentum > 0 ? mom2.data_ptr<acc_t>() : nullptr, sorted.data_ptr<int64_t>(),
+                  perm.data_ptr<int64_t>(), rows.data_ptr<scalar_t>(), rows2.data_ptr<scalar_t>(), param.size(0), M,
+                  M2, D, D2, param.stride(0), param.stride(1), param2.stride(0), param2.stride(1),
+                  static_cast<acc_t>(lr), static_cast<acc_t>(momentum), static_cast<acc_t>(eps));
+  });
+}
+
+// One launch per run of up to kDenseAdagradMax consecutive tensors of one dtype (the GRU weights
+// of a model: one launch for up to 6 layers).
+void dense_adagrad_cuda(at::TensorList params, at::TensorList accs, at::TensorList moms, at::TensorList grads,
+                        double lr, double momentum, double eps) {
+  check_dense_adagrad_args(params, accs, moms, grads, lr, momentum, eps);
+  const int64_t n = static_cast<int64_t>(params.size());
+  if (n == 0) return;
+  const DeviceGuard guard(params[0].device());
+  for (int64_t first = 0; first < n;) {
+    const at::ScalarType dtype = params[first].scalar_type();
+    int64_t last = first;
+    while (last < n && last - first < kDenseAdagradMax && params[last].scalar_type() == dtype) ++last;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "dense_adagrad_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      DenseAdagradList<scalar_t, acc_t> list{};
+      int64_t most = 0;
+      for (int64_t i = first; i < last; ++i) {
+        const int64_t k = i - first;
+        list.p[k] = params[i].data_ptr<scalar_t>();
+        list.a[k] = accs[i].data_ptr<acc_t>();
+        list.v[k] = momentum > 0 ? moms[i].data_ptr<acc_t>() : nullptr;
+        list.g[k] = grads[i].data_ptr<scalar_t>();
+        list.n[k] = params[i].numel();
+        most = std::max(most, list.n[k]);
+      }
+      if (most > 0) {
+        const int64_t blocks = std::min<int64_t>((most + kAdagradThreads - 1) / kAdagradThreads, max_grid_blocks());
+        launch_kernel(&dense_adagrad_kernel<scalar_t, acc_t>,
+                      dim3(static_cast<unsigned int>(blocks), static_cast<unsigned int>(last - first)),
+                      kAdagradThreads, list, static_cast<acc_t>(lr), static_cast<acc_t>(momentum),
+                      static_cast<acc_t>(eps));
+      }
+    });
+    first = last;
+  }
 }
 
 }  // namespace

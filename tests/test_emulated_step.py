@@ -1,0 +1,136 @@
+"""The CUDA kernels of the Adagrad updates (issue 10) through the host emulation (see
+tests/test_cuda_emulation.py for what it covers and what not), against the CPU kernels:
+
+* `dense_adagrad_`: one multi-tensor launch for a list of tensors (sizes around the block size,
+  grid-stride rounds, lists longer than one launch takes, mixed dtypes);
+* `sparse_adagrad_pair_`: Wy and By at one sorted copy of the indices (duplicates, -1, rows only
+  the later indices touch, momentum state of untouched rows).
+"""
+import pytest
+import torch
+
+import gru4rec_ext._extension as ext
+
+try:
+    from gru4rec_ext import _cuda_emu
+except ImportError:
+    _cuda_emu = None
+
+pytestmark = pytest.mark.skipif(_cuda_emu is None or not ext.has_kernel("sparse_adagrad_pair_", "CPU"),
+                                reason="the emulation module or the CPU kernels are not built")
+if _cuda_emu is not None:
+    EMU = torch.ops.gru4rec_emu
+CPU = torch.ops.gru4rec
+STATE = {torch.float32: torch.float32, torch.float64: torch.float64, torch.bfloat16: torch.float32}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _close(a, b, dtype):
+    tol = {torch.float32: 1e-6, torch.float64: 1e-13}.get(dtype, 1e-2)
+    return torch.allclose(a.double(), b.double(), rtol=tol, atol=tol)
+
+
+# ----- dense_adagrad_ -----
+
+def _dense_case(sizes, dtypes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = [[], [], [], []]
+    for n, dt in zip(sizes, dtypes):
+        out[0].append(torch.randn(n, generator=g, dtype=torch.float64).to(dt))
+        out[1].append(torch.rand(n, generator=g, dtype=torch.float64).to(STATE[dt]))
+        out[2].append(torch.randn(n, generator=g, dtype=torch.float64).to(STATE[dt]))
+        out[3].append(torch.randn(n, generator=g, dtype=torch.float64).to(dt))
+    return out
+
+
+def _run_dense(ops, case, momentum):
+    p, a, v, g = ([t.clone() for t in ts] for ts in case)
+    ops.dense_adagrad_(p, a, v if momentum > 0 else [], g, 0.05, momentum, 1e-6)
+    return p, a, v
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_dense_adagrad_multi_tensor(dtype, momentum):
+    """Sizes below, at and above the block (256) and a [3H,H] weight: every element once."""
+    sizes = [1, 31, 256, 257, 300 * 3, 0, 75]
+    case = _dense_case(sizes, [dtype] * len(sizes))
+    for x, y in zip(_run_dense(EMU, case, momentum), _run_dense(CPU, case, momentum)):
+        for a, b in zip(x, y):
+            assert _close(a, b, dtype)
+    if momentum == 0:
+        assert all(torch.equal(a, b) for a, b in zip(case[2], _run_dense(EMU, case, momentum)[2]))
+
+
+def test_dense_adagrad_grid_stride_long_lists_and_mixed_dtypes():
+    """Two grid-stride rounds (the grid limit lowered), a list longer than one launch takes (24)
+    and dtypes that change along the list (one launch per run of one dtype)."""
+    sizes = [700] * 3 + [5] * 27 + [40, 41]
+    dtypes = [torch.float32] * 30 + [torch.float64, torch.float32]
+    case = _dense_case(sizes, dtypes, seed=1)
+    old = _cuda_emu.set_max_grid_blocks(1)
+    try:
+        emu = _run_dense(EMU, case, 0.5)
+    finally:
+        _cuda_emu.set_max_grid_blocks(old)
+    for x, y in zip(emu, _run_dense(CPU, case, 0.5)):
+        for a, b, dt in zip(x, y, dtypes):
+            assert _close(a, b, dt)
+
+
+# ----- sparse_adagrad_pair_ -----
+
+def _pair_case(dtype, D=20, N=30, M=50, M2=35, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    st = STATE[dtype]
+    mk = lambda shape, f=torch.randn, dt=dtype: f(*shape, generator=g, dtype=torch.float64).to(dt)  # noqa: E731
+    idx = torch.randint(0, N - 2, (M,), generator=g)
+    idx[::6] = -1
+    idx[M2 + 1] = N - 1  # a row only a later index touches: param2 keeps its row and state
+    idx[M2 + 2] = N - 1
+    return dict(param=mk((N, D)), acc=mk((N, D), torch.rand, st), mom=mk((N, D), dt=st), param2=mk((N, 1)),
+                acc2=mk((N, 1), torch.rand, st), mom2=mk((N, 1), dt=st), indices=idx, rows=mk((M, D)),
+                rows2=mk((M2, 1)))
+
+
+def _run_pair(ops, case, momentum):
+    c = {k: v.clone() for k, v in case.items()}
+    mom, mom2 = (c["mom"], c["mom2"]) if momentum > 0 else (torch.empty(0, 1), torch.empty(0, 1))
+    ops.sparse_adagrad_pair_(c["param"], c["acc"], mom, c["param2"], c["acc2"], mom2, c["indices"], c["rows"],
+                             c["rows2"], 0.05, momentum, 1e-6)
+    return c
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("momentum", [0.0, 0.4])
+@pytest.mark.parametrize("D", [1, 20, 300])
+def test_sparse_adagrad_pair(dtype, momentum, D):
+    case = _pair_case(dtype, D=D)
+    emu, cpu = _run_pair(EMU, case, momentum), _run_pair(CPU, case, momentum)
+    for k in ("param", "acc", "mom", "param2", "acc2", "mom2"):
+        assert _close(emu[k], cpu[k], dtype), k
+    for k in ("param2", "acc2", "mom2"):  # row N-1: touched by Wy's later indices only
+        assert torch.equal(emu[k][-1], case[k][-1]), k
+    assert not torch.equal(emu["param"][-1], case["param"][-1])
+    untouched = torch.ones(30, dtype=torch.bool)
+    untouched[case["indices"][case["indices"] >= 0]] = False
+    assert torch.equal(emu["param"][untouched], case["param"][untouched])
+
+
+def test_sparse_adagrad_pair_checks_and_device_assert():
+    case = _pair_case(torch.float32)
+    with pytest.raises(RuntimeError, match="rows2 must be"):
+        EMU.sparse_adagrad_pair_(case["param"], case["acc"], case["mom"], case["param2"], case["acc2"], case["mom2"],
+                                 case["indices"][:10], case["rows"][:10], case["rows2"], 0.1, 0.2, 1e-6)
+    bad = case["indices"].clone()
+    bad[3] = 30
+    with pytest.raises(RuntimeError, match="CUDA_KERNEL_ASSERT failed.*row < N"):
+        EMU.sparse_adagrad_pair_(case["param"], case["acc"], case["mom"], case["param2"], case["acc2"], case["mom2"],
+                                 bad, case["rows"], case["rows2"], 0.1, 0.2, 1e-6)
