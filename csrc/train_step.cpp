@@ -3,7 +3,12 @@
 // sixty. It runs exactly the trainer's sequence (gru4rec_ext/train_step.py, compute_step with the
 // "kernels" backend, then AdagradM's updates), through the same ops and in the same order, with
 // the same draws from torch's default generator for the dropout masks, so it trains to the same
-// weights. Registered for the CPU (its distinct-candidate scoring uses gru4rec::unique_ids).
+// weights. The composition (train_step_compose) is device-generic: the ops go through the
+// dispatcher, and its `dedup` mode picks how the candidates are scored: on the CPU each distinct
+// candidate item once (gru4rec::unique_ids and the loss's `columns`, CPU kernels), elsewhere the
+// B+K candidate columns as they are, with the duplicates summed by the sparse update (the same
+// update to float rounding, with no de-duplication). Registered here for the CPU and Meta; the CUDA
+// registration is csrc/cuda/train_step_cuda.cu, the emulated one csrc/emu/train_step_emu.cpp.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
@@ -13,73 +18,33 @@
 #include <vector>
 
 #include "loss_math.h"
+#include "train_step.h"
 
 namespace gru4rec {
+
+namespace {
+c10::OperatorHandle find_op(const std::string& ns, const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow((ns + "::" + name).c_str(), "");
+}
+}  // namespace
+
+StepOps::StepOps(const std::string& ns_)
+    : ns(ns_),
+      gru_forward(find_op(ns, "session_gru_forward").typed<GruForwardFn>()),
+      gru_backward(find_op(ns, "session_gru_backward").typed<GruBackwardFn>()),
+      loss_forward(find_op(ns, "sampled_loss_forward").typed<LossForwardFn>()),
+      loss_backward(find_op(ns, "sampled_loss_backward").typed<LossBackwardFn>()),
+      sparse_adagrad(find_op(ns, "sparse_adagrad_").typed<SparseAdagradFn>()),
+      sparse_adagrad_pair(find_op(ns, "sparse_adagrad_pair_").typed<SparseAdagradPairFn>()),
+      dense_adagrad(find_op(ns, "dense_adagrad_").typed<DenseAdagradFn>()) {
+  if (auto op = c10::Dispatcher::singleton().findSchema({ns + "::unique_ids", ""})) {
+    unique_ids = op->typed<UniqueIdsFn>();
+  }
+}
+
 namespace {
 
 using at::Tensor;
-using OptTensor = std::optional<Tensor>;
-
-// Typed handles of the package's ops (the step runs below autograd: every tensor is detached).
-auto& gru_forward_op() {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("gru4rec::session_gru_forward", "")
-                       .typed<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
-                                                                 const Tensor&, const Tensor&, const OptTensor&,
-                                                                 const OptTensor&, int64_t)>();
-  return op;
-}
-
-auto& gru_backward_op() {
-  static auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("gru4rec::session_gru_backward", "")
-          .typed<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
-              const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-              const Tensor&, const OptTensor&, const OptTensor&, const Tensor&, const Tensor&, int64_t, bool, bool)>();
-  return op;
-}
-
-auto& loss_forward_op() {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("gru4rec::sampled_loss_forward", "")
-                       .typed<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                                         const OptTensor&, const OptTensor&, int64_t, int64_t, double,
-                                                         double, double, bool, const OptTensor&)>();
-  return op;
-}
-
-auto& loss_backward_op() {
-  static auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("gru4rec::sampled_loss_backward", "")
-          .typed<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                                    const Tensor&, const OptTensor&, const OptTensor&, int64_t, int64_t,
-                                                    double, double, double, bool, const Tensor&, const OptTensor&)>();
-  return op;
-}
-
-auto& unique_ids_op() {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("gru4rec::unique_ids", "")
-                       .typed<std::tuple<Tensor, Tensor>(const Tensor&, int64_t)>();
-  return op;
-}
-
-auto& sparse_adagrad_op() {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("gru4rec::sparse_adagrad_", "")
-                       .typed<void(Tensor&, Tensor&, Tensor&, const Tensor&, const Tensor&, double, double, double)>();
-  return op;
-}
-
-auto& dense_adagrad_op() {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("gru4rec::dense_adagrad_", "")
-                       .typed<void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, double, double,
-                                   double)>();
-  return op;
-}
 
 enum InputMode : int64_t { kShared = 0, kEmbedding = 1, kOneHot = 2 };
 
@@ -88,13 +53,27 @@ Tensor dropout_mask(const Tensor& like, double p) { return at::rand_like(like).g
 
 // The row-sparse update of one table (duplicates summed, negative indices skipped); a 1-D table is
 // updated as [N, 1].
-void sparse_update(Tensor param, Tensor acc, Tensor mom, const Tensor& idx, const Tensor& rows, double lr,
-                   double momentum, double eps) {
-  const auto as2d = [](const Tensor& t) { return t.dim() == 1 ? t.view({t.size(0), 1}) : t; };
+Tensor as2d(const Tensor& t) { return t.dim() == 1 ? t.view({t.size(0), 1}) : t; }
+
+void sparse_update(const StepOps& ops, Tensor param, Tensor acc, Tensor mom, const Tensor& idx, const Tensor& rows,
+                   double lr, double momentum, double eps) {
   Tensor p = as2d(param), a = as2d(acc);
   Tensor m = momentum > 0 ? as2d(mom) : acc.new_empty({0, 1});
-  sparse_adagrad_op().call(p, a, m, idx.contiguous(), as2d(rows.contiguous()), lr, momentum, eps);
+  ops.sparse_adagrad.call(p, a, m, idx.contiguous(), as2d(rows.contiguous()), lr, momentum, eps);
 }
+
+// cat({targets, samples}) [B+K], without the copy when the samples directly follow the targets in
+// one buffer (gru4rec::step_inputs_ writes both into one candidates buffer).
+Tensor candidates_of(const Tensor& targets, const Tensor& samples) {
+  const bool joined = targets.is_contiguous() && samples.is_contiguous() && targets.dtype() == samples.dtype() &&
+                      targets.device() == samples.device() && targets.has_storage() && samples.has_storage() &&
+                      targets.storage().is_alias_of(samples.storage()) &&
+                      samples.storage_offset() == targets.storage_offset() + targets.numel();
+  if (joined) return targets.as_strided({targets.numel() + samples.numel()}, {1});
+  return at::cat({targets, samples});
+}
+
+}  // namespace
 
 // inputs, targets int64 [B]; reset bool [B]; valid bool [B] or None; samples int64 [K];
 // log_count, log_weight [N] (log q of targets / samples; used by cross-entropy with logq > 0);
@@ -103,14 +82,15 @@ void sparse_update(Tensor param, Tensor acc, Tensor mom, const Tensor& idx, cons
 // Returns (loss [] , new hidden [L,B,H]) and updates every parameter and its state in place: the GRU
 // weights densely, except a one-hot model's layer-0 weight_ih [3H,N], whose columns of the step's
 // input items are updated (like the item tables' rows). Every shape is fixed: at the epoch tail the
-// rows that must not update get index -1.
-std::tuple<Tensor, Tensor> train_step_cpu(
-    const Tensor& inputs, const Tensor& targets, const Tensor& reset, const OptTensor& valid, const Tensor& samples,
-    const OptTensor& log_count, const OptTensor& log_weight, const Tensor& hidden, at::TensorList tables,
-    at::TensorList table_accs, at::TensorList table_moms, at::TensorList gru_params, at::TensorList gru_accs,
-    at::TensorList gru_moms, at::IntArrayRef variants, int64_t input_mode, double dropout_embed,
-    double dropout_hidden, int64_t loss, int64_t activation, double elu_alpha, double bpreg, double logq,
-    bool mask_hits, double lr, double momentum, double eps) {
+// rows that must not update get index -1. dedup and log_q: see csrc/train_step.h.
+std::tuple<Tensor, Tensor> train_step_compose(
+    const StepOps& ops, bool dedup, const Tensor& inputs, const Tensor& targets, const Tensor& reset,
+    const OptTensor& valid, const Tensor& samples, const OptTensor& log_count, const OptTensor& log_weight,
+    const Tensor& hidden, at::TensorList tables, at::TensorList table_accs, at::TensorList table_moms,
+    at::TensorList gru_params, at::TensorList gru_accs, at::TensorList gru_moms, at::IntArrayRef variants,
+    int64_t input_mode, double dropout_embed, double dropout_hidden, int64_t loss, int64_t activation,
+    double elu_alpha, double bpreg, double logq, bool mask_hits, double lr, double momentum, double eps,
+    const OptTensor& given_log_q) {
   // The ops below run their kernels directly (no autograd layer: every tensor here is detached).
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const int64_t L = static_cast<int64_t>(variants.size());
@@ -132,9 +112,12 @@ std::tuple<Tensor, Tensor> train_step_cpu(
                   inputs.size(0) == hidden.size(1),
               "train_step_: inputs and targets must be [B=", hidden.size(1), "], got ", inputs.sizes(), " and ",
               targets.sizes());
+  TORCH_CHECK(!dedup || ops.unique_ids.has_value(), "train_step_: dedup=True needs ", ops.ns,
+              "::unique_ids, which this build does not have");
   const Tensor& Wy = tables[0];
   const Tensor& By = tables[1];
   const int64_t n_items = Wy.size(0);
+  const bool has_valid = valid.has_value() && valid->defined();
 
   // Forward through the layers (dropout as in GRU4Rec.hidden_forward).
   Tensor x = input_mode == kShared ? Wy.index_select(0, inputs)
@@ -153,7 +136,7 @@ std::tuple<Tensor, Tensor> train_step_cpu(
   for (int64_t i = 0; i < L; ++i) {
     const Tensor* w = &gru_params[4 * i];
     const Tensor inp = x.unsqueeze(0);
-    auto [out, h_n, workspace] = gru_forward_op().call(inp, reset1, hidden[i], w[0], w[1], w[2], w[3], variants[i]);
+    auto [out, h_n, workspace] = ops.gru_forward.call(inp, reset1, hidden[i], w[0], w[1], w[2], w[3], variants[i]);
     (void)h_n;
     Tensor y = out[0];
     Tensor mask;
@@ -167,20 +150,31 @@ std::tuple<Tensor, Tensor> train_step_cpu(
   }
   const Tensor& top = x;
 
-  // The sampled loss over each distinct candidate item, and its row-sparse gradient.
-  const Tensor candidates = at::cat({targets, samples});
-  auto [unique, columns] = unique_ids_op().call(candidates, n_items);
+  // The sampled loss and its row-sparse gradient: over each distinct candidate item (dedup), or
+  // over the B+K candidate columns (rows of grad_w and grad_b belong to `scored`).
+  const Tensor candidates = candidates_of(targets, samples);
+  Tensor scored = candidates;
+  OptTensor columns;
+  if (dedup) {
+    auto [unique, cols] = ops.unique_ids->call(candidates, n_items);
+    scored = unique;
+    columns = cols;
+  }
   OptTensor log_q;
   if (loss == loss_math::kCrossEntropy && logq > 0) {
-    TORCH_CHECK(log_count.has_value() && log_weight.has_value(),
-                "train_step_: cross-entropy with logq > 0 needs log_count and log_weight");
-    log_q = at::cat({log_count->index_select(0, targets), log_weight->index_select(0, samples)});
+    if (given_log_q.has_value() && given_log_q->defined()) {
+      log_q = *given_log_q;
+    } else {
+      TORCH_CHECK(log_count.has_value() && log_weight.has_value(),
+                  "train_step_: cross-entropy with logq > 0 needs log_count and log_weight (or log_q)");
+      log_q = at::cat({log_count->index_select(0, targets), log_weight->index_select(0, samples)});
+    }
   }
-  auto [loss_value, loss_ws] = loss_forward_op().call(top, Wy, By, unique, log_q, valid, loss, activation, elu_alpha,
-                                                       bpreg, logq, mask_hits, columns);
+  auto [loss_value, loss_ws] = ops.loss_forward.call(top, Wy, By, scored, log_q, valid, loss, activation, elu_alpha,
+                                                      bpreg, logq, mask_hits, columns);
   const Tensor one = at::ones({}, top.options());
-  auto [grad_top, grad_w, grad_b] = loss_backward_op().call(one, top, Wy, By, unique, log_q, valid, loss, activation,
-                                                             elu_alpha, bpreg, logq, mask_hits, loss_ws, columns);
+  auto [grad_top, grad_w, grad_b] = ops.loss_backward.call(one, top, Wy, By, scored, log_q, valid, loss, activation,
+                                                            elu_alpha, bpreg, logq, mask_hits, loss_ws, columns);
 
   // Backward through the layers (h0 is detached: no grad_h0).
   std::vector<Tensor> gru_grads(4 * L);
@@ -192,8 +186,8 @@ std::tuple<Tensor, Tensor> train_step_cpu(
     if (s.mask.defined()) g = g * s.mask;
     const bool need_input = i > 0 || s.inp.is_floating_point();
     auto [g_in, g_h0, g_wih, g_whh, g_bih, g_bhh] =
-        gru_backward_op().call(g.unsqueeze(0).contiguous(), zero_h, s.inp, reset1, hidden[i], w[0],
-                               w[1], w[2], w[3], s.out, s.workspace, variants[i], need_input, false);
+        ops.gru_backward.call(g.unsqueeze(0).contiguous(), zero_h, s.inp, reset1, hidden[i], w[0], w[1], w[2], w[3],
+                              s.out, s.workspace, variants[i], need_input, false);
     (void)g_h0;
     gru_grads[4 * i] = g_wih.contiguous();
     gru_grads[4 * i + 1] = g_whh.contiguous();
@@ -205,11 +199,14 @@ std::tuple<Tensor, Tensor> train_step_cpu(
 
   // Epoch tail: rows without a session take no part in the updates either (their target items,
   // unless sampled or another row's target, and their input rows are not touched): their indices
-  // become -1, which the sparse update skips, so no shape depends on the valid mask.
-  Tensor upd_items = unique, upd_inputs = inputs;
-  if (valid.has_value() && valid->defined()) {
-    const Tensor keep = at::isin(unique, at::cat({at::where(*valid, targets, -1), samples}));
-    upd_items = at::where(keep, unique, -1);
+  // become -1, which the sparse update skips, so no shape depends on the valid mask. Without
+  // dedup a dropped row's target column has a zero gradient (the loss neither scores its row nor
+  // takes its column as a negative), so -1 there leaves every other column of that item to update
+  // it, as the dedup mode does.
+  Tensor upd_items = scored, upd_inputs = inputs;
+  if (has_valid && dedup) {
+    const Tensor keep = at::isin(scored, at::cat({at::where(*valid, targets, -1), samples}));
+    upd_items = at::where(keep, scored, -1);
     upd_inputs = at::where(*valid, inputs, -1);
   }
 
@@ -217,36 +214,98 @@ std::tuple<Tensor, Tensor> train_step_cpu(
   // items, from the row-sparse gradient [B,3H]), the item tables on their touched rows.
   const bool columns_wih = input_mode == kOneHot;
   const size_t first_dense = columns_wih ? 1 : 0;
-  dense_adagrad_op().call(gru_params.slice(first_dense), gru_accs.slice(first_dense),
-                          momentum > 0 ? gru_moms.slice(first_dense) : at::TensorList(),
-                          at::TensorList(gru_grads).slice(first_dense), lr, momentum, eps);
+  ops.dense_adagrad.call(gru_params.slice(first_dense), gru_accs.slice(first_dense),
+                         momentum > 0 ? gru_moms.slice(first_dense) : at::TensorList(),
+                         at::TensorList(gru_grads).slice(first_dense), lr, momentum, eps);
   const auto mom_of = [&](size_t t) { return momentum > 0 ? table_moms[t] : Tensor(); };
-  sparse_update(By, table_accs[1], mom_of(1), upd_items, grad_b, lr, momentum, eps);
-  if (input_mode == kShared) {  // one update, so that a row touched twice is updated once
-    sparse_update(Wy, table_accs[0], mom_of(0), at::cat({upd_items, upd_inputs}), at::cat({grad_w, g}), lr, momentum,
-                  eps);
+  if (dedup) {
+    sparse_update(ops, By, table_accs[1], mom_of(1), upd_items, grad_b, lr, momentum, eps);
+    if (input_mode == kShared) {  // one update, so that a row touched twice is updated once
+      sparse_update(ops, Wy, table_accs[0], mom_of(0), at::cat({upd_items, upd_inputs}), at::cat({grad_w, g}), lr,
+                    momentum, eps);
+    } else {
+      sparse_update(ops, Wy, table_accs[0], mom_of(0), upd_items, grad_w, lr, momentum, eps);
+    }
   } else {
-    sparse_update(Wy, table_accs[0], mom_of(0), upd_items, grad_w, lr, momentum, eps);
-    if (has_e) sparse_update(tables[2], table_accs[2], mom_of(2), upd_inputs, g, lr, momentum, eps);
+    // Wy and By in one update with one sort of the indices: By at the candidates only (the first
+    // B+K indices), Wy at the candidates and, in shared mode, the input rows too.
+    const bool shared = input_mode == kShared;
+    Tensor idx;
+    if (has_valid) {
+      const Tensor dropped_targets = at::where(*valid, targets, -1);
+      upd_inputs = at::where(*valid, inputs, -1);
+      idx = shared ? at::cat({dropped_targets, samples, upd_inputs}) : at::cat({dropped_targets, samples});
+    } else {
+      idx = shared ? at::cat({candidates, inputs}) : candidates;
+    }
+    Tensor wy = Wy, wy_acc = table_accs[0], wy_mom = momentum > 0 ? table_moms[0] : Wy.new_empty({0, 1});
+    Tensor by = as2d(By), by_acc = as2d(table_accs[1]),
+           by_mom = momentum > 0 ? as2d(table_moms[1]) : table_accs[1].new_empty({0, 1});
+    ops.sparse_adagrad_pair.call(wy, wy_acc, wy_mom, by, by_acc, by_mom, idx,
+                                 shared ? at::cat({grad_w, g}) : grad_w.contiguous(), as2d(grad_b.contiguous()), lr,
+                                 momentum, eps);
   }
+  if (has_e) sparse_update(ops, tables[2], table_accs[2], mom_of(2), upd_inputs, g, lr, momentum, eps);
   if (columns_wih) {  // weight_ih.t() [N,3H] is a strided view: its rows are weight_ih's columns
-    sparse_update(gru_params[0].t(), gru_accs[0].t(), momentum > 0 ? gru_moms[0].t() : Tensor(), upd_inputs,
+    sparse_update(ops, gru_params[0].t(), gru_accs[0].t(), momentum > 0 ? gru_moms[0].t() : Tensor(), upd_inputs,
                   gru_grads[0], lr, momentum, eps);
   }
-  return {loss_value, at::stack(outs)};
+  // The new hidden state: the top layer's output itself for one layer (no copy).
+  return {loss_value, L == 1 ? outs[0].unsqueeze(0) : at::stack(outs)};
+}
+
+namespace {
+
+// The registered kernels: the CPU scores distinct candidates unless dedup=False; Meta runs the
+// composition of the CUDA mode through the ops' fake kernels (benchmarks/bench_train.py --meta
+// times the host side of a CUDA step so).
+std::tuple<Tensor, Tensor> train_step_cpu(
+    const Tensor& inputs, const Tensor& targets, const Tensor& reset, const OptTensor& valid, const Tensor& samples,
+    const OptTensor& log_count, const OptTensor& log_weight, const Tensor& hidden, at::TensorList tables,
+    at::TensorList table_accs, at::TensorList table_moms, at::TensorList gru_params, at::TensorList gru_accs,
+    at::TensorList gru_moms, at::IntArrayRef variants, int64_t input_mode, double dropout_embed,
+    double dropout_hidden, int64_t loss, int64_t activation, double elu_alpha, double bpreg, double logq,
+    bool mask_hits, double lr, double momentum, double eps, std::optional<bool> dedup, const OptTensor& log_q) {
+  static const StepOps ops("gru4rec");
+  return train_step_compose(ops, dedup.value_or(true), inputs, targets, reset, valid, samples, log_count, log_weight,
+                            hidden, tables, table_accs, table_moms, gru_params, gru_accs, gru_moms, variants,
+                            input_mode, dropout_embed, dropout_hidden, loss, activation, elu_alpha, bpreg, logq,
+                            mask_hits, lr, momentum, eps, log_q);
+}
+
+std::tuple<Tensor, Tensor> train_step_meta(
+    const Tensor& inputs, const Tensor& targets, const Tensor& reset, const OptTensor& valid, const Tensor& samples,
+    const OptTensor& log_count, const OptTensor& log_weight, const Tensor& hidden, at::TensorList tables,
+    at::TensorList table_accs, at::TensorList table_moms, at::TensorList gru_params, at::TensorList gru_accs,
+    at::TensorList gru_moms, at::IntArrayRef variants, int64_t input_mode, double dropout_embed,
+    double dropout_hidden, int64_t loss, int64_t activation, double elu_alpha, double bpreg, double logq,
+    bool mask_hits, double lr, double momentum, double eps, std::optional<bool> dedup, const OptTensor& log_q) {
+  static const StepOps ops("gru4rec");
+  TORCH_CHECK(!dedup.value_or(false), "train_step_: dedup=True has no meta kernel (unique_ids' output size is "
+              "data-dependent); the meta kernel runs the CUDA mode, dedup=False");
+  return train_step_compose(ops, false, inputs, targets, reset, valid, samples, log_count, log_weight, hidden,
+                            tables, table_accs, table_moms, gru_params, gru_accs, gru_moms, variants, input_mode,
+                            dropout_embed, dropout_hidden, loss, activation, elu_alpha, bpreg, logq, mask_hits, lr,
+                            momentum, eps, log_q);
 }
 
 }  // namespace
 }  // namespace gru4rec
 
 TORCH_LIBRARY_FRAGMENT(gru4rec, m) {
-  // One training step; see train_step_cpu above for the arguments. Returns (loss, new hidden).
+  // One training step; see train_step_compose above for the arguments. Returns (loss, new hidden).
+  // dedup: None picks the device's mode (CPU: True, else False); log_q [B+K]: the candidates' log
+  // q gathered already (gru4rec::step_inputs_ writes it), else gathered from log_count/log_weight.
   m.def(
       "train_step_(Tensor inputs, Tensor targets, Tensor reset, Tensor? valid, Tensor samples, Tensor? log_count, "
       "Tensor? log_weight, Tensor hidden, Tensor(a!)[] tables, Tensor(b!)[] table_accs, Tensor(c!)[] table_moms, "
       "Tensor(d!)[] gru_params, Tensor(e!)[] gru_accs, Tensor(f!)[] gru_moms, int[] variants, int input_mode, "
       "float dropout_embed, float dropout_hidden, int loss, int activation, float elu_alpha, float bpreg, "
-      "float logq, bool mask_hits, float lr, float momentum, float eps) -> (Tensor loss, Tensor hidden)");
+      "float logq, bool mask_hits, float lr, float momentum, float eps, bool? dedup=None, Tensor? log_q=None) "
+      "-> (Tensor loss, Tensor hidden)");
 }
 
+#ifndef GRU4REC_CUDA_EMU  // the emulated op registers its own kernel (csrc/emu/train_step_emu.cpp)
 TORCH_LIBRARY_IMPL(gru4rec, CPU, m) { m.impl("train_step_", &gru4rec::train_step_cpu); }
+TORCH_LIBRARY_IMPL(gru4rec, Meta, m) { m.impl("train_step_", &gru4rec::train_step_meta); }
+#endif

@@ -2,6 +2,8 @@
 // barriers, warp collectives, and the checks that turn undefined GPU behaviour into errors.
 #include "emu/cuda_emu.h"
 
+#include <atomic>
+
 #include <c10/util/Exception.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -353,6 +355,12 @@ void run_block(Block& b) {
 
 }  // namespace
 
+// Launches run so far (every valid one), for the launch counts per training step (the module's
+// `launches()`; declared there, not in cuda_emu.h, which the kernels include).
+std::atomic<int64_t> g_launches{0};
+
+int64_t launch_count() { return g_launches.load(); }
+
 void run_grid(dim3 grid, dim3 block, void (*body)(void*), void* ctx) {
   const uint64_t threads = uint64_t(block.x) * block.y * block.z;
   TORCH_CHECK(threads >= 1 && threads <= kMaxThreads && block.z <= 64 && grid.x >= 1 &&
@@ -362,6 +370,7 @@ void run_grid(dim3 grid, dim3 block, void (*body)(void*), void* ctx) {
               grid.z, "), block (", block.x, ",", block.y, ",", block.z,
               ") (the GPU would fail the launch with cudaErrorInvalidConfiguration)");
   TORCH_CHECK(g_block == nullptr, "CUDA emulation: a launch from inside a kernel is not supported");
+  g_launches.fetch_add(1);
   const int n = static_cast<int>(threads);
   g_stacks.ensure(static_cast<size_t>(n));
   Block b;

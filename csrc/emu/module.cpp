@@ -13,15 +13,19 @@
 
 namespace gru4rec_emu {
 std::vector<float> selftest(const std::string& name);  // emu_selftest.cpp
+int64_t launch_count();                                 // cuda_emu.cpp
 }
 
 PYBIND11_MODULE(_cuda_emu, m) {
   m.doc() = "gru4rec-ext CUDA kernels under a host emulation (ops under torch.ops.gru4rec_emu)";
   m.attr("ops") = pybind11::make_tuple("session_gru_forward", "session_gru_backward",
                                        "sampled_loss_forward", "sampled_loss_backward",
-                                       "sparse_adagrad_");
+                                       "sparse_adagrad_", "sparse_adagrad_pair_",
+                                       "dense_adagrad_", "step_inputs_", "train_step_");
   m.def("selftest", &gru4rec_emu::selftest, pybind11::arg("name"),
         "Runs one of the emulation's own check kernels; returns its output or raises its error");
+  m.def("launches", &gru4rec_emu::launch_count,
+        "Kernel launches run by the emulation so far (to count the launches of a training step)");
   m.def(
       "set_schedule",
       [](const std::string& name) {
