@@ -159,7 +159,8 @@ def cmd_train(args) -> int:
     cutoffs, ties = _cutoffs_and_ties(args)
     summary = train(model, train_data, **{k: cfg[k] for k in TRAIN_KEYS}, seed=args.seed, device=device,
                     progress=not (args.quiet or args.no_progress), eval_data=test_data, checkpoint_dir=ckpt_dir, resume=args.resume,
-                    log_json=args.json, item_map=item_map, config=cfg, cutoffs=cutoffs, tie_modes=ties)
+                    log_json=args.json, item_map=item_map, config=cfg, cutoffs=cutoffs, tie_modes=ties,
+                    cuda_graph=args.cuda_graph)
     if args.save_model:
         save_checkpoint(args.save_model, model, None, cfg, item_map, cfg["n_epochs"],
                         {"history": summary["epochs"]})
@@ -312,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the last epoch's checkpoint")
     t.add_argument("--device", help="cpu (default), cuda, cuda:1, ...")
     t.add_argument("--seed", type=int, default=42)
+    t.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                   help="on CUDA, capture the training step as a CUDA graph and replay it (default: on; checked "
+                        "against the eager step on its first replay, eager with a warning if it disagrees)")
     t.add_argument("--json", help="write per-epoch loss, events/s and the metrics as JSON here")
     _add_data_keys(t)
     _add_eval_opts(t)

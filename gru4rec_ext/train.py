@@ -2,8 +2,9 @@
 
 The training code lives in three rooms, which `Trainer` puts together:
 
-* `train_step.py`: one step (`compute_step`, and `TrainStep`: the fused `gru4rec::train_step_`
-  call on the CPU, else the Python sequence of ops);
+* `train_step.py`: one step (`compute_step`; `TrainStep`: the fused `gru4rec::train_step_` call on
+  the CPU, else the Python sequence of ops; `StaticStep`: the CUDA step on static buffers, run
+  eagerly or as a CUDA graph by `train_graph.GraphRunner`);
 * `train_loop.py`: the epoch loop over a session-parallel schedule, with progress and logging;
 * `train_state.py`: the checkpoint after every epoch and the resume from it.
 
@@ -25,7 +26,7 @@ from .sampling import PopularitySampler
 from .train_loop import LOG_EVERY, headline, run_epoch, write_json
 from .train_state import CHECKPOINT_NAME, resume_training, save_training_checkpoint
 from .threads import cpu_training_threads
-from .train_step import OutputLoss, TrainStep, compute_step
+from .train_step import OutputLoss, StaticStep, TrainStep, compute_step
 
 logger = logging.getLogger("gru4rec_ext")
 
@@ -42,6 +43,10 @@ class Trainer:
     optimizer; `fit()` runs the epochs. On the CPU the same seed gives identical weights.
     `fused_step` (True on the CPU when the kernels are built) runs each step as one
     `gru4rec::train_step_` call; False runs the same sequence of ops from Python (same weights).
+    On CUDA with the kernels the step is `StaticStep` (graph-safe: its inputs read on the device
+    through a device-side step counter), captured once as a CUDA graph and replayed when
+    `cuda_graph` (None: True on CUDA); the first replay is checked against the eager step, and a
+    failed capture or a disagreement logs one warning and trains eagerly (`train_graph`).
     At an epoch's tail the batch keeps B rows with a valid mask instead of shrinking (the authors
     shrink it); the empty rows take no part in the loss, as negatives, or in the updates.
     `on_epoch_end(epoch, result)`, when given, is called in `fit()` after each epoch (1-based
@@ -56,7 +61,7 @@ class Trainer:
                  momentum: float = 0.0, mask_accidental_hits: bool = False, shuffle: bool = False, seed: int = 0,
                  device=None, progress: bool = True, eval_data=None, checkpoint_dir=None, resume: bool = False,
                  log_json=None, item_map=None, config: dict | None = None, eval_batch_size: int = 512,
-                 cutoffs=(1, 5, 10, 20), tie_modes=("standard",), on_epoch_end=None):
+                 cutoffs=(1, 5, 10, 20), tie_modes=("standard",), on_epoch_end=None, cuda_graph: bool | None = None):
         if not isinstance(model, GRU4Rec):
             raise TypeError(f"model must be a GRU4Rec, got {type(model).__name__}")
         if loss not in LOSSES:
@@ -92,6 +97,8 @@ class Trainer:
         if on_epoch_end is not None and not callable(on_epoch_end):
             raise TypeError(f"on_epoch_end must be callable, got {type(on_epoch_end).__name__}")
         self.on_epoch_end = on_epoch_end
+        if cuda_graph and self.device.type != "cuda":
+            raise ValueError(f"cuda_graph=True needs a CUDA device, got device {self.device}")
 
         torch.manual_seed(self.seed)
         self.model.to(self.device)
@@ -118,6 +125,19 @@ class Trainer:
         # Python sequence of ops, which computes the same).
         self.fused_step = (model.backend == "kernels" and self.device.type == "cpu"
                            and _extension.has_kernel("train_step_", "CPU"))
+        # CUDA with the kernels: the graph-safe StaticStep (one step_inputs_ and one train_step_ call
+        # per step), captured as a CUDA graph unless cuda_graph=False. The tests set static_step,
+        # step_ops and graph_backend to run it on the CPU (with the emulated kernels, or a stand-in
+        # for the graph).
+        self.static_step = (model.backend == "kernels" and self.device.type == "cuda"
+                            and all(_extension.has_kernel(op, "CUDA") for op in ("train_step_", "step_inputs_")))
+        self.cuda_graph = self.static_step and cuda_graph is not False
+        if cuda_graph and not self.static_step:
+            logger.warning("gru4rec_ext: cuda_graph=True needs backend='kernels' and the compiled CUDA kernels "
+                           "(train_step_, step_inputs_); training without a CUDA graph")
+        self.step_ops = None  # the op namespace of the static step (None: torch.ops.gru4rec)
+        self.graph_backend = None  # None: train_graph.CudaGraphBackend on CUDA
+        self._static = None  # the StaticStep, made once (its buffers and graph live across epochs)
         if self.resume:
             self._resume()
 
@@ -155,8 +175,16 @@ class Trainer:
             self.start_epoch, self.history = resumed
 
     # ----- the loop (train_loop.py, train_step.py) ---------------------------------------------
-    def make_step(self) -> TrainStep:
-        """The training step of this configuration (fused when `fused_step`), as `run_epoch` calls it."""
+    def make_step(self) -> TrainStep | StaticStep:
+        """The training step of this configuration (StaticStep when `static_step`, made once; else a
+        TrainStep, fused when `fused_step`), as `run_epoch` calls it."""
+        if self.static_step:
+            if self._static is None:
+                self._static = StaticStep(self.model, self.optimizer, self.sampler, self.output_loss,
+                                          batch_size=self.batch_size, n_sample=self.n_sample, logq=self.logq,
+                                          learning_rate=self.learning_rate, momentum=self.momentum,
+                                          ops=self.step_ops, backend=self.graph_backend, graph=self.cuda_graph)
+            return self._static
         return TrainStep(self.model, self.optimizer, self.sampler, self.output_loss, n_sample=self.n_sample,
                          logq=self.logq, learning_rate=self.learning_rate, momentum=self.momentum,
                          fused=self.fused_step)
@@ -212,7 +240,7 @@ def train(model: GRU4Rec, train_data, *, n_epochs: int = 10, batch_size: int = 3
           elu_param: float | None = None, learning_rate: float = 0.05, momentum: float = 0.0,
           mask_accidental_hits: bool = False, shuffle: bool = False, seed: int = 0, device=None,
           progress: bool = True, eval_data=None, checkpoint_dir=None, resume: bool = False, log_json=None,
-          **kwargs) -> dict:
+          cuda_graph: bool | None = None, **kwargs) -> dict:
     """Train `model` on `train_data` (SessionData) with Adagrad-momentum and a sampled ranking loss.
 
     loss: "cross-entropy" | "bpr-max" | "top1-max" | "bpr" | "top1"; bpreg: the BPR-max score
@@ -220,7 +248,9 @@ def train(model: GRU4Rec, train_data, *, n_epochs: int = 10, batch_size: int = 3
     step drawn ∝ count^sample_alpha; elu_param: optional check of the model's final activation (0:
     linear, a > 0: elu-a). checkpoint_dir: a checkpoint `last.pt` written after every epoch; resume:
     continue from it. eval_data: SessionData evaluated at the end. log_json: per-epoch loss,
-    events/s, seconds and final metrics as JSON. Extra keyword arguments go to `Trainer`.
+    events/s, seconds and final metrics as JSON. cuda_graph: on CUDA, capture the step as a CUDA graph
+    (None: yes; checked on its first replay, eager fallback with one warning). Extra keyword
+    arguments go to `Trainer`.
 
     Returns {"config", "epochs": [...], "metrics" (with eval_data), "eval_seconds"}.
     """
@@ -228,4 +258,5 @@ def train(model: GRU4Rec, train_data, *, n_epochs: int = 10, batch_size: int = 3
                    sample_alpha=sample_alpha, loss=loss, bpreg=bpreg, logq=logq, elu_param=elu_param,
                    learning_rate=learning_rate, momentum=momentum, mask_accidental_hits=mask_accidental_hits,
                    shuffle=shuffle, seed=seed, device=device, progress=progress, eval_data=eval_data,
-                   checkpoint_dir=checkpoint_dir, resume=resume, log_json=log_json, **kwargs).fit()
+                   checkpoint_dir=checkpoint_dir, resume=resume, log_json=log_json, cuda_graph=cuda_graph,
+                   **kwargs).fit()

@@ -20,50 +20,75 @@ logger = logging.getLogger("gru4rec_ext")
 LOG_EVERY = 100
 
 
+class _Progress:
+    """The loop's progress bar and its reads of the loss window (every LOG_EVERY steps)."""
+
+    def __init__(self, n_steps: int, batch_size: int, epoch: int, n_epochs: int, progress: bool, t0: float,
+                 device):
+        from tqdm.auto import tqdm
+        self.bar = tqdm(total=n_steps, disable=not progress, desc=f"epoch {epoch + 1}/{n_epochs}", unit="step",
+                        leave=False)
+        self.batch_size, self.epoch = batch_size, epoch
+        self.last_t, self.last_s = t0, 0
+        self.loss_sum = torch.zeros((), device=device)
+
+    def read(self, s: int, window: torch.Tensor) -> None:
+        """After step s (0-based): read the window's loss sum (the one host read), add it to the
+        epoch's sum, zero it, update the bar; stop on a non-finite loss."""
+        w = float(window)
+        self.loss_sum += window
+        window.zero_()
+        now = time.perf_counter()
+        rate = (s + 1 - self.last_s) * self.batch_size / max(now - self.last_t, 1e-9)
+        self.bar.set_postfix(loss=f"{w / (s + 1 - self.last_s):.4f}", ev_s=f"{rate:,.0f}")
+        self.bar.update(s + 1 - self.last_s)
+        self.last_t, self.last_s = now, s + 1
+        if not math.isfinite(w):
+            self.bar.close()
+            raise FloatingPointError(f"training loss became {w} in epoch {self.epoch + 1} at step {s + 1}")
+
+
 def run_epoch(step, schedule, hidden: torch.Tensor, *, epoch: int, n_epochs: int, max_steps: int | None = None,
               progress: bool = True, t0: float | None = None) -> dict:
     """Run `step` over the steps of `schedule` (an EpochSchedule on the CPU; it is moved to the
     device of `hidden` once).
 
     step(inputs [B], targets [B], reset [B], valid [B] or None, hidden) -> (loss [], hidden): one
-    training step (`train_step.TrainStep`); valid is None on steps without a masked row. hidden:
-    the initial state [L,B,H]. Runs the first `max_steps` steps when given. t0: when the epoch
-    started (perf_counter; default now), for its seconds and events/s.
+    training step (`train_step.TrainStep`); valid is None on steps without a masked row. Or a step
+    that reads the schedule itself (`reads_schedule`: `train_step.StaticStep`, the CUDA step):
+    `step.start_epoch(schedule, hidden)`, then `step.advance()` per step, its loss summed into
+    `step.window`. hidden: the initial state [L,B,H]. Runs the first `max_steps` steps when given.
+    t0: when the epoch started (perf_counter; default now), for its seconds and events/s.
 
     Returns {"epoch" (1-based), "loss" (mean batch loss), "events_per_s", "seconds", "steps",
     "events" (the valid training pairs of the steps run)}.
     """
-    from tqdm.auto import tqdm
     t0 = time.perf_counter() if t0 is None else t0
-    batch_size = schedule.batch_size
-    full = schedule.valid.all(dim=1).tolist()  # host side, once per epoch: steps with no masked row
     n_steps = schedule.n_steps if max_steps is None else min(int(max_steps), schedule.n_steps)
     n_events = schedule.n_pairs if n_steps == schedule.n_steps else int(schedule.valid[:n_steps].sum())
     device = hidden.device
-    sched = schedule.to(device)
-    loss_sum = torch.zeros((), device=device)
-    window = torch.zeros((), device=device)
-    inputs_all, targets_all, reset_all, valid_all = sched.inputs, sched.targets, sched.reset, sched.valid
-    bar = tqdm(total=n_steps, disable=not progress, desc=f"epoch {epoch + 1}/{n_epochs}", unit="step", leave=False)
-    last_t, last_s = t0, 0
-    for s in range(n_steps):
-        loss, hidden = step(inputs_all[s], targets_all[s], reset_all[s], None if full[s] else valid_all[s], hidden)
-        window += loss
-        if (s + 1) % LOG_EVERY == 0 or s + 1 == n_steps:
-            w = float(window)  # the one host read, every LOG_EVERY steps
-            loss_sum += window
-            window.zero_()
-            now = time.perf_counter()
-            rate = (s + 1 - last_s) * batch_size / max(now - last_t, 1e-9)
-            bar.set_postfix(loss=f"{w / (s + 1 - last_s):.4f}", ev_s=f"{rate:,.0f}")
-            bar.update(s + 1 - last_s)
-            last_t, last_s = now, s + 1
-            if not math.isfinite(w):
-                bar.close()
-                raise FloatingPointError(f"training loss became {w} in epoch {epoch + 1} at step {s + 1}")
-    bar.close()
+    log = _Progress(n_steps, schedule.batch_size, epoch, n_epochs, progress, t0, device)
+    if getattr(step, "reads_schedule", False):
+        step.start_epoch(schedule, hidden)  # the step reads its rows through a device-side counter
+        window = step.window
+        for s in range(n_steps):
+            step.advance()
+            if (s + 1) % LOG_EVERY == 0 or s + 1 == n_steps:
+                log.read(s, window)
+    else:
+        full = schedule.valid.all(dim=1).tolist()  # host side, once per epoch: steps with no masked row
+        sched = schedule.to(device)
+        window = torch.zeros((), device=device)
+        inputs_all, targets_all, reset_all, valid_all = sched.inputs, sched.targets, sched.reset, sched.valid
+        for s in range(n_steps):
+            loss, hidden = step(inputs_all[s], targets_all[s], reset_all[s], None if full[s] else valid_all[s],
+                                hidden)
+            window += loss
+            if (s + 1) % LOG_EVERY == 0 or s + 1 == n_steps:
+                log.read(s, window)  # the one host read, every LOG_EVERY steps
+    log.bar.close()
     seconds = time.perf_counter() - t0
-    result = {"epoch": epoch + 1, "loss": float(loss_sum) / max(n_steps, 1),
+    result = {"epoch": epoch + 1, "loss": float(log.loss_sum) / max(n_steps, 1),
               "events_per_s": n_events / max(seconds, 1e-9), "seconds": seconds, "steps": n_steps,
               "events": n_events}
     logger.info("epoch %d/%d: loss %.4f, %.0f events/s, %.1f s", epoch + 1, n_epochs, result["loss"],

@@ -10,6 +10,13 @@ epoch loop calls it: on the CPU with the compiled kernels one call of `gru4rec::
 updates. It keeps SPEC section 8's rules: samples come from a device-side cache through a device-side
 offset, every shape is fixed (a valid mask and -1 indices at the epoch's tail), and nothing in the
 step waits for the host.
+
+`StaticStep` is the CUDA step: `gru4rec::step_inputs_` reads the step's inputs from the epoch
+schedule on the device through a device-side step counter (and the samples through the sampler's
+device-side offset) into static buffers, then one `gru4rec::train_step_` call (dedup=False: the B+K
+candidate columns scored as they are) updates the model, and the new hidden state and the loss sum
+are written into static tensors. Every tensor it reads or writes stays in place from step to step,
+so `train_graph.GraphRunner` captures it as a CUDA graph and replays it.
 """
 from __future__ import annotations
 
@@ -19,6 +26,19 @@ from .model import GRU4Rec
 from .ops.train_step import train_step_ as _TRAIN_STEP  # one compiled call per step
 
 _INPUT_MODES = {"shared": 0, "embedding": 1, "onehot": 2}  # gru4rec::train_step_'s input_mode
+
+
+def fused_step_args(model: GRU4Rec, optimizer, output_loss: "OutputLoss", lr: float, momentum: float) -> tuple:
+    """The arguments of `gru4rec::train_step_` after `hidden` (the same tensors from step to step)."""
+    m, opt = model, optimizer
+    names = ["Wy", "By"] + (["E"] if m.E is not None else [])
+    gru_names = list(m.gru_parameters())
+    params = {**m.gru_parameters(), "Wy": m.Wy, "By": m.By, "E": m.E}
+    mom = (lambda n: [opt.mom[x] for x in n]) if momentum > 0 else (lambda n: [])
+    return ([params[n].detach() for n in names], [opt.acc[n] for n in names], mom(names),
+            [params[n].detach() for n in gru_names], [opt.acc[n] for n in gru_names], mom(gru_names),
+            list(m._variant_codes), _INPUT_MODES[m.input_mode], m.dropout_p_embed, m.dropout_p_hidden,
+            *output_loss.codes(), float(lr), float(momentum), opt.eps)
 
 
 class OutputLoss:
@@ -247,12 +267,95 @@ class TrainStep:
 
     def _fused_step_args(self) -> tuple:
         """The arguments of `gru4rec::train_step_` after `hidden` (the same from step to step)."""
+        return fused_step_args(self.model, self.optimizer, self.output_loss, self.lr, self.momentum)
+
+
+class StaticStep:
+    """The graph-safe training step (CUDA; on the CPU too, for the tests): `advance()` runs one step
+    of the bound epoch and adds its loss to `window` (a device tensor the loop reads every
+    LOG_EVERY steps).
+
+    `start_epoch(schedule, hidden)` copies the epoch schedule [S,B] into static device buffers
+    (reallocated, and the graph recaptured, only when an epoch has more steps than any before),
+    sets the step counter to 0 and the hidden state to `hidden`. `body()` is the step itself, only
+    device work on static tensors: `gru4rec::step_inputs_` (schedule row at the device-side step
+    counter, samples at the sampler's device-side offset, log q of the candidates; both counters
+    advance), `gru4rec::train_step_` with dedup=False and the valid mask always given (no
+    full-versus-tail decision on the host), the new hidden state copied into `hidden`, the loss
+    added to `window`. `advance()` = the host's `sampler.reserve(K)` (refills the cache in place
+    when due), then the runner: `body()` eagerly, or its CUDA graph (`train_graph.GraphRunner`).
+
+    ops: the op namespace (`torch.ops.gru4rec`; the tests pass `torch.ops.gru4rec_emu` to run the
+    emulated CUDA kernels). backend: `train_graph.CudaGraphBackend` on CUDA, `EagerStandIn` in
+    tests; graph: capture the step (else eager always).
+    """
+
+    reads_schedule = True  # run_epoch binds the schedule and calls advance()
+
+    def __init__(self, model: GRU4Rec, optimizer, sampler, output_loss: OutputLoss, *, batch_size: int,
+                 n_sample: int, logq: float, learning_rate: float, momentum: float, ops=None, backend=None,
+                 graph: bool = False):
+        from .train_graph import CudaGraphBackend, EagerStandIn, GraphRunner
+        self.model, self.optimizer, self.sampler = model, optimizer, sampler
+        self.ops = ops if ops is not None else torch.ops.gru4rec
+        device = model.Wy.device
+        B, K = int(batch_size), int(n_sample)
+        self.batch_size, self.n_sample = B, K
+        i64 = dict(dtype=torch.int64, device=device)
+        self.counter = torch.zeros((), **i64)  # the device-side step counter (schedule row)
+        self.inputs = torch.zeros(B, **i64)
+        self.candidates = torch.zeros(B + K, **i64)  # targets, then samples (views below)
+        self.targets, self.samples = self.candidates[:B], self.candidates[B:]
+        self.reset = torch.zeros(B, dtype=torch.bool, device=device)
+        self.valid = torch.ones(B, dtype=torch.bool, device=device)
+        dtype = model.Wy.dtype
+        self.log_tables = tuple(t.to(dtype) for t in sampler.log_q_tables()) if logq > 0 else (None, None)
+        self.log_q = torch.zeros(B + K if logq > 0 else 0, dtype=dtype, device=device)
+        self.hidden = model.init_hidden(B, device)
+        self.window = torch.zeros((), device=device)  # the loss sum since the loop's last read
+        self.schedule = None  # static [capacity, B] buffers: inputs, targets, reset, valid
+        self.args = fused_step_args(model, optimizer, output_loss, learning_rate, momentum)
+        if backend is None:
+            backend = CudaGraphBackend(device) if device.type == "cuda" else EagerStandIn()
+        self.runner = GraphRunner(self.body, self.state(), backend, enabled=graph)
+
+    def state(self) -> list:
+        """[(name, tensor)]: every tensor a step writes that outlives it (the graph check compares them)."""
         m, opt = self.model, self.optimizer
-        names = ["Wy", "By"] + (["E"] if m.E is not None else [])
-        gru_names = list(m.gru_parameters())
-        params = {**m.gru_parameters(), "Wy": m.Wy, "By": m.By, "E": m.E}
-        mom = (lambda n: [opt.mom[x] for x in n]) if self.momentum > 0 else (lambda n: [])
-        return ([params[n].detach() for n in names], [opt.acc[n] for n in names], mom(names),
-                [params[n].detach() for n in gru_names], [opt.acc[n] for n in gru_names], mom(gru_names),
-                list(m._variant_codes), _INPUT_MODES[m.input_mode], m.dropout_p_embed, m.dropout_p_hidden,
-                *self.output_loss.codes(), self.lr, self.momentum, opt.eps)
+        params = {"Wy": m.Wy, "By": m.By, **({"E": m.E} if m.E is not None else {}), **m.gru_parameters()}
+        out = [(n, p.detach()) for n, p in params.items()]
+        out += [(f"acc[{n}]", t) for n, t in opt.acc.items()] + [(f"mom[{n}]", t) for n, t in opt.mom.items()]
+        return out + [("hidden", self.hidden), ("loss", self.window), ("step counter", self.counter),
+                      ("sampler offset", self.sampler._offset)]
+
+    def start_epoch(self, schedule, hidden: torch.Tensor) -> None:
+        """Bind an epoch schedule (EpochSchedule, any device) and its initial hidden state [L,B,H]."""
+        S, B = schedule.n_steps, schedule.batch_size
+        if B != self.batch_size:
+            raise ValueError(f"the schedule has batch size {B}, the step {self.batch_size}")
+        fields = (schedule.inputs, schedule.targets, schedule.reset, schedule.valid)
+        if self.schedule is None or self.schedule[0].shape[0] < S:
+            self.schedule = tuple(torch.empty((max(S, 1),) + tuple(f.shape[1:]), dtype=f.dtype,
+                                              device=self.counter.device) for f in fields)
+            self.runner.recapture()
+        for buf, f in zip(self.schedule, fields):
+            buf[:S].copy_(f)
+        self.counter.zero_()
+        self.hidden.copy_(hidden)
+        self.window.zero_()
+
+    def body(self) -> None:
+        """One step on the static tensors (device work only: what the CUDA graph captures)."""
+        lc, lw = self.log_tables
+        self.ops.step_inputs_(self.counter, self.sampler._offset, *self.schedule, self.sampler._cache, lc, lw,
+                              self.inputs, self.candidates, self.reset, self.valid, self.log_q)
+        loss, hidden = self.ops.train_step_(self.inputs, self.targets, self.reset, self.valid, self.samples, None,
+                                            None, self.hidden, *self.args, dedup=False,
+                                            log_q=self.log_q if lc is not None else None)
+        self.hidden.copy_(hidden)
+        self.window.add_(loss)
+
+    def advance(self) -> None:
+        """One training step of the bound epoch."""
+        self.sampler.reserve(self.n_sample)  # host: refill the sampler's cache in place when due
+        self.runner()

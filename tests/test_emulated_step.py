@@ -8,7 +8,8 @@ tests/test_cuda_emulation.py for what it covers and what not), against the CPU k
 * `step_inputs_`: the step's inputs at the device-side counters (with and without log q, K = 0,
   more candidates than threads, counters out of range as device asserts);
 * `train_step_`: the whole CUDA-mode step (`gru4rec_emu::train_step_`, the composition of
-  csrc/train_step.cpp calling the emulated kernels) against the CPU's no-dedup step.
+  csrc/train_step.cpp calling the emulated kernels) against the CPU's no-dedup step, and the
+  trainer's `StaticStep` on the emulated ops against the CPU trainer.
 """
 import math
 
@@ -230,3 +231,19 @@ def test_emulated_train_step_equals_cpu_no_dedup_step(mode, loss, tail):
             assert torch.allclose(x, y, rtol=1e-5, atol=1e-6), (x - y).abs().max()
     with pytest.raises(RuntimeError, match="dedup=True is CPU-only"):
         EMU.train_step_(*args, dedup=True)
+
+
+def test_emulated_static_step_trains_like_the_cpu_trainer():
+    """The trainer's CUDA step (StaticStep: step_inputs_ + train_step_ + the graph runner's
+    check, through a CPU stand-in for the graph) on the emulated kernels: 4 steps give the CPU
+    trainer's weights."""
+    from gru4rec_ext.train_graph import EagerStandIn
+    from test_train_graph import make_trainer, weights
+    ref = make_trainer()
+    ref.run_epoch(0, max_steps=4)
+    emu = make_trainer(static=True, ops=EMU, graph=True, backend=EagerStandIn())
+    emu.run_epoch(0, max_steps=4)
+    assert emu.make_step().runner.mode == "graph"
+    a, b = weights(ref), weights(emu)
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), k
