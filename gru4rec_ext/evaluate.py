@@ -2,7 +2,9 @@
 
 Test sessions run session-parallel (`build_schedule`, B fixed, tail masked) with no training; the
 hidden state starts at zero for each session. Every (item, next item) pair is one case, ranked
-among ALL items of the model (`scoring.target_ranks`).
+among ALL items of the model (`scoring.target_ranks`). The loop never waits for the device: the
+ids are checked once where the schedule is built, the tail's rows are chosen on the host, and the
+hits, reciprocal ranks and non-finite outputs are summed on the device and read once at the end.
 
 The model protocol used here (implemented by `GRU4Rec`):
   hidden = model.init_hidden(batch_size, device)         -> [L, B, H] zeros
@@ -95,7 +97,7 @@ def evaluate(model, data: SessionData, *, batch_size: int = 512,
                     out, targets = out.index_select(0, rows), targets.index_select(0, rows)
                 n_nonfinite += (~torch.isfinite(out)).any(1).sum()
                 ranks = target_ranks(out, weight, bias, targets, activation=activation,
-                                     elu_alpha=elu_alpha, chunk_size=chunk_size)
+                                     elu_alpha=elu_alpha, chunk_size=chunk_size, check_ids=False)
                 for m, mode in enumerate(tie_modes):
                     rank = ranks[mode]
                     hit = (rank[None, :] <= limits[:, None]).to(torch.float64)  # [C, valid rows]

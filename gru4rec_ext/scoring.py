@@ -87,8 +87,11 @@ def score_items(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
 @torch.no_grad()
 def target_ranks(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                  targets: torch.Tensor, *, activation: str = "linear", elu_alpha: float = 1.0,
-                 chunk_size: int | None = None) -> dict:
+                 chunk_size: int | None = None, check_ids: bool = True) -> dict:
     """Rank of each row's target among ALL N items, for the three tie modes (SPEC section 6).
+
+    check_ids: check that the targets are in [0, N) (two host reads: a sync per call on CUDA);
+    `evaluate` passes False, having checked the ids once where its schedule is built.
 
     Returns {"standard": 1 + #(s > t), "conservative": #(s >= t),
     "median": 1 + #(s > t) + (#(s == t) - 1) / 2}, each a float64 tensor [B] on hidden's device,
@@ -102,7 +105,7 @@ def target_ranks(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
         raise TypeError(f"targets: expected int64 item indices, got {targets.dtype}")
     n = weight.shape[0]
     targets = targets.to(device=hidden.device, dtype=torch.int64)
-    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= n):
+    if check_ids and targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= n):
         raise ValueError(f"targets: item indices must be in [0, {n})")
     chunk = _resolve_chunk(chunk_size, hidden, weight)
     B = hidden.shape[0]

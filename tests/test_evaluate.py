@@ -3,6 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from gru4rec_ext.data import DataError, ItemMap, SessionData
 from gru4rec_ext.evaluate import evaluate, format_metrics
@@ -94,6 +95,47 @@ def test_evaluate_chunked_scoring_same_result():
     a = evaluate(model, data, batch_size=5, progress=False)
     b = evaluate(model, data, batch_size=5, progress=False, chunk_size=5)
     assert a == b
+
+
+class HostReads(TorchDispatchMode):
+    """Counts the ops that read a tensor's value on the host (a device sync on CUDA)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.name() in ("aten::_local_scalar_dense", "aten::item", "aten::equal"):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("chunk_size", [None, 5])
+def test_evaluate_reads_the_device_once_not_per_batch(chunk_size):
+    """The evaluation loop never waits for the device (issue 10): ranks and metrics are summed on
+    the device and read at the end, so the number of host reads does not grow with the steps."""
+    model, data = FakeModel(), make_data()
+    counts = []
+    for batch_size in (2, 5):  # different numbers of steps
+        with HostReads() as reads:
+            evaluate(model, data, batch_size=batch_size, progress=False, chunk_size=chunk_size)
+        counts.append(reads.count)
+    assert counts[0] == counts[1] <= 2, counts  # the reads after the loop
+
+
+@pytest.mark.parametrize("backend", ["kernels", "reference"])
+def test_evaluate_gru4rec_reads_the_device_once(backend):
+    """The same with the real model's step (its GRU and output layer, either backend)."""
+    from gru4rec_ext.model import GRU4Rec
+    from train_helpers import rsc15_slice
+    _, test, item_map = rsc15_slice(60, 30)
+    model = GRU4Rec(item_map.n_items, [16], backend=backend)
+    counts = []
+    for batch_size in (4, 9):
+        with HostReads() as reads:
+            evaluate(model, test, batch_size=batch_size, progress=False)
+        counts.append(reads.count)
+    assert counts[0] == counts[1] <= 2, counts
 
 
 def test_evaluate_restores_mode_and_no_grad():
