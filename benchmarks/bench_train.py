@@ -8,6 +8,10 @@ time), which is far less sensitive to other jobs on a shared machine (exact with
 
     PYTHONPATH=. python benchmarks/bench_train.py                 # rsc15_100k, rsc15 preset, 1500 steps
     PYTHONPATH=. python benchmarks/bench_train.py --threads 1 --steps 800 --repeat 3
+
+With `--device cuda` it compares the CUDA step run eagerly against its CUDA graph instead, at the
+rsc15 and retailrocket presets, with kernel launches per step; `--meta` times the host side of the
+eager CUDA step without a GPU (benchmarks/bench_train_cuda.py, writes bench_train_cuda.json).
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
+import bench_train_cuda  # noqa: E402
 import common  # noqa: E402  (benchmarks/common.py: machine description, results folder)
 
 from gru4rec_ext.cli import MODEL_KEYS, resolve_config  # noqa: E402
@@ -81,11 +86,17 @@ def main(argv=None):
     p.add_argument("--no-fused-step", action="store_true",
                    help="kernels: run the step as the Python sequence of ops, not one gru4rec::train_step_ call")
     p.add_argument("--out", default=None, help="output folder (default benchmarks/results/<machine>)")
+    p.add_argument("--meta", action="store_true",
+                   help="time the host side of the eager CUDA step on meta tensors (no GPU needed)")
+    p.add_argument("--presets", nargs="+", default=list(bench_train_cuda.PRESETS),
+                   help="--device cuda / --meta: the presets to run (default: rsc15 retailrocket)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.meta or device.type == "cuda":
+        return main_cuda(args, device)
     cfg = resolve_config(args.preset)
     train_data = SessionData.from_file(args.data)
     test_data = SessionData.from_file(args.test, train_data.item_map, drop_unknown=True) if args.test else None
@@ -127,6 +138,25 @@ def main(argv=None):
     out_dir = args.out or common.results_dir(device)
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "bench_train.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    sys.stdout.write("\n".join(lines) + f"\nwritten {path}\n")
+
+
+def main_cuda(args, device):
+    """--device cuda (eager against the graph) or --meta (host side only): bench_train_cuda.py."""
+    if args.meta:
+        runs = bench_train_cuda.run_meta(args)
+        lines = bench_train_cuda.format_meta(runs)
+        device = torch.device("cpu")
+    else:
+        runs = bench_train_cuda.run_cuda(args)
+        lines = bench_train_cuda.format_cuda(runs)
+    result = {"machine": common.machine_info(device), "mode": "meta" if args.meta else "cuda", "data": args.data,
+              "steps": args.steps, "warmup": args.warmup, "presets": runs}
+    out_dir = args.out or common.results_dir(device)
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "bench_train_cuda.json" if not args.meta else "bench_train_meta.json")
     with open(path, "w") as f:
         json.dump(result, f, indent=2)
     sys.stdout.write("\n".join(lines) + f"\nwritten {path}\n")

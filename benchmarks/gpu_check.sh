@@ -13,7 +13,9 @@
 #                     50-step CUDA training run (`python -m gru4rec_ext train ... --device cuda` on
 #                     a tiny epoch); on a runtime where compute-sanitizer refuses the device (gVisor:
 #                     "Device not supported") that is recorded and the remaining sanitizer runs skipped
-#   5. benchmarks     bench_gru, bench_loss, bench_train on cuda (results tarball)
+#   5. benchmarks     bench_gru, bench_loss on cuda; bench_train on cuda: the training step eager
+#                     against its CUDA graph at the rsc15 and retailrocket presets, with kernel
+#                     launches per step from torch.profiler (results tarball)
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-/tmp/gru4rec_gpu_out}
