@@ -456,3 +456,22 @@ def test_inference_mode_runs_the_forward_op():
         out, h_n = session_gru(*args, variant="gru4rec")
     r_out, r_h_n, _ = torch.ops.gru4rec.session_gru_forward(*args, 1)
     assert torch.equal(out, r_out) and torch.equal(h_n, r_h_n)
+
+
+def test_session_gru_module_with_a_parametrized_weight():
+    """A parametrized weight (not in _parameters) is still found, and its gradient flows."""
+    from torch.nn.utils import parametrize
+
+    class Double(torch.nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    gru = SessionGRU(6, 5)
+    x, reset = torch.randn(3, 4, 6), torch.rand(3, 4) < 0.3
+    plain = session_gru_reference(x, reset, torch.zeros(4, 5), gru.weight_ih_l0,
+                                  2 * gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0)[0]
+    parametrize.register_parametrization(gru, "weight_hh_l0", Double())
+    out, _ = gru(x, reset)
+    assert rel_err(out, plain) < 1e-5
+    out.sum().backward()
+    assert gru.parametrizations.weight_hh_l0.original.grad is not None
