@@ -6,6 +6,9 @@ Switches (environment variables):
   TORCH_CUDA_ARCH_LIST  architectures, default "9.0+PTX" (sm_90 code plus PTX that newer GPUs JIT)
   MAX_JOBS              parallel compile jobs (honoured by torch's ninja build)
   GRU4REC_DEBUG=1       -O0 -g
+  GRU4REC_NO_EMU=1      skip the test-only module gru4rec_ext._cuda_emu (the CUDA kernels compiled for
+                        the host emulation of csrc/emu/cuda_emu.h; plain C++, built by default so
+                        that the tests run every CUDA kernel on the CPU)
 
 Build with `pip install --no-build-isolation .`: an isolated build environment would install a
 second, possibly different torch to compile against, and the extension's ABI must match the torch
@@ -99,8 +102,27 @@ def extension():
                         extra_link_args=["-fopenmp"])
 
 
+def emulation_extension():
+    """gru4rec_ext._cuda_emu: our CUDA kernels and launch code compiled by the host compiler under
+    the CUDA emulation (csrc/emu), registered as torch.ops.gru4rec_emu.* for CPU tensors."""
+    debug = bool(_env_flag("GRU4REC_DEBUG"))
+    opt = ["-O0", "-g"] if debug else ["-O2", "-g0"]  # -g0: no debug info, half the compile time
+    return CppExtension("gru4rec_ext._cuda_emu", sorted(glob.glob("csrc/emu/*.cpp")),
+                        include_dirs=[os.path.join(HERE, "csrc")],
+                        define_macros=[("TORCH_EXTENSION_NAME", "_cuda_emu"),
+                                       ("GRU4REC_CUDA_EMU", None)],
+                        extra_compile_args={"cxx": opt + ["-Wno-unknown-pragmas"]})
+
+
+def extensions():
+    exts = [extension()]
+    if not _env_flag("GRU4REC_NO_EMU"):
+        exts.append(emulation_extension())
+    return exts
+
+
 setup(
     packages=find_packages(include=["gru4rec_ext", "gru4rec_ext.*"]),
-    ext_modules=[extension()],
+    ext_modules=extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
 )

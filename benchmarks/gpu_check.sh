@@ -1,43 +1,131 @@
 #!/usr/bin/env bash
-# One prepared run for the device tool's H200 (python3 3.12, torch 2.11 + CUDA 13.0, nvcc, no network):
-# build the CUDA kernels, run the CUDA tests, then every benchmark at a grid that fits, all in < 8 min.
-# Results land in $OUT (at most 8 files come back): logs, a tarball of benchmarks/results/<gpu>/, summary.
-#   device run: bash benchmarks/gpu_check.sh     (timeout_s 540)
+# First contact with a GPU: the one prepared run for a lent H200 (python3 3.12, torch 2.11 + CUDA
+# 13, nvcc, compute-sanitizer, no network), whose every log lands in $OUT. Run it before anything
+# else on a new GPU and commit what it found.
+#   device run: bash benchmarks/gpu_check.sh            (timeout_s 560; the stages' limits sum to 475 s)
+#   here:       GPU_CHECK_DRY_RUN=1 bash benchmarks/gpu_check.sh   (prints the stages, runs nothing)
+# Stages, each with its own time limit, each recorded in $OUT/summary.txt with its exit status; a
+# failing stage never stops the script (a first run must show every failure, not the first):
+#   1. machine        nvidia-smi, torch, commit
+#   2. build          pip install --no-build-isolation --no-deps -e . (FORCE_CUDA=1, no emulation module)
+#   3. cuda-tests     every CUDA test, without -x
+#   4. sanitizers     compute-sanitizer memcheck and racecheck over a short CUDA test subset and a
+#                     50-step CUDA training run (`python -m gru4rec_ext train ... --device cuda` on
+#                     a tiny epoch); on a runtime where compute-sanitizer refuses the device (gVisor:
+#                     "Device not supported") that is recorded and the remaining sanitizer runs skipped
+#   5. benchmarks     bench_gru, bench_loss, bench_train on cuda (results tarball)
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-/tmp/gru4rec_gpu_out}
 mkdir -p "$OUT"
 PY=${PY:-python3}
-export PYTHONUNBUFFERED=1 FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
+DRY=${GPU_CHECK_DRY_RUN:-0}
+export PYTHONUNBUFFERED=1 FORCE_CUDA=1 GRU4REC_NO_EMU=1
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
 summary="$OUT/summary.txt"
 : > "$summary"
-stage() { echo "== $1 ($(date -u +%H:%M:%S))" | tee -a "$summary"; }
 t0=$(date +%s)
+note() { echo "$*" | tee -a "$summary"; }
+failed=()
 
-stage "machine"
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee -a "$summary"
-"$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name())' | tee -a "$summary"
-git rev-parse HEAD 2>/dev/null | tee -a "$summary" || echo "commit: $GRU4REC_COMMIT" | tee -a "$summary"
+# run NAME LIMIT_S CMD...: runs CMD with its output in $OUT/NAME.log, under a time limit, and
+# records its exit status (124: timed out) and duration; never fails the script.
+run() {
+  local name=$1 limit=$2
+  shift 2
+  note "== $name (limit ${limit} s, at $(( $(date +%s) - t0 )) s): $*"
+  if [ "$DRY" = "1" ]; then
+    return 0
+  fi
+  local s rc
+  s=$(date +%s)
+  timeout --kill-after=5 "$limit" "$@" > "$OUT/$name.log" 2>&1
+  rc=$?
+  note "   $name: rc=$rc$([ $rc -eq 124 ] && echo ' (timed out)') in $(( $(date +%s) - s )) s"
+  [ $rc -eq 0 ] || failed+=("$name")
+  tail -n 4 "$OUT/$name.log" | sed 's/^/   | /' | tee -a "$summary"
+  return $rc
+}
 
-stage "build"
-timeout 240 "$PY" -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1
-rc=$?; echo "build rc=$rc ($(( $(date +%s) - t0 )) s)" | tee -a "$summary"
-if [ $rc -ne 0 ]; then tail -40 "$OUT/build.log"; exit 1; fi
-"$PY" -c 'import gru4rec_ext._extension as e; print("build_info", e.build_info())' | tee -a "$summary"
+# 1. machine
+run machine 15 bash -c "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv; \
+  $PY -c 'import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, torch.cuda.get_device_name())'; \
+  git rev-parse HEAD 2>/dev/null || echo \"commit: \${GRU4REC_COMMIT:-unknown}\"; which compute-sanitizer; uname -r"
 
-stage "CUDA tests"
-timeout 150 "$PY" -m pytest -q -x -k cuda -p no:cacheprovider tests > "$OUT/tests.log" 2>&1
-echo "tests rc=$? ($(( $(date +%s) - t0 )) s)" | tee -a "$summary"
-tail -5 "$OUT/tests.log" | tee -a "$summary"
+# 2. build (the emulation module is CI's: GRU4REC_NO_EMU=1 skips it here and its tests skip)
+run build 140 bash -c "$PY -m pip install --no-build-isolation --no-deps -e . && \
+  $PY -c 'import gru4rec_ext._extension as e; print(\"build_info\", e.build_info())'"
 
-stage "benchmarks"
+# 3. every CUDA test, all failures shown (no -x); -rfE lists each failure and error at the end
+run cuda-tests 70 "$PY" -m pytest -q -rfE -k cuda -p no:cacheprovider tests
+
+# 4. compute-sanitizer. A 50-step training run: a tiny epoch of the first sessions of rsc15_100k
+# (about 50 steps of 32 rows), written by a small script to $OUT/tiny_train.tsv.
+TINY="$OUT/tiny_train.tsv"
+run tiny-data 12 "$PY" - "$TINY" <<'PYEOF'
+import sys
+
+import pandas as pd
+
+df = pd.read_csv("data/rsc15_100k/train.tsv.xz", sep="\t")
+sizes = df.groupby("SessionId", sort=False).size()
+pairs = (sizes - 1).cumsum()  # training pairs (event, next event) up to each session
+keep = pairs.index[pairs <= 38 * 32]  # about 50 steps once the tail steps are counted
+df[df["SessionId"].isin(keep)].to_csv(sys.argv[1], sep="\t", index=False)
+print(f"{len(keep)} sessions, {int(pairs.loc[keep].iloc[-1])} training pairs -> {sys.argv[1]}")
+PYEOF
+TRAIN=("$PY" -m gru4rec_ext -q train "$TINY" --device cuda --n-epochs 1 --batch-size 32
+       --layers 64 --n-sample 256 --loss cross-entropy)
+# Short test subsets: a sanitizer slows every kernel down many times.
+G=tests/test_session_gru.py L=tests/test_sampled_loss.py
+MEMCHECK_TESTS=("$G::test_matches_reference_edge_shapes[cuda-shape3-cudnn]"
+                "$G::test_matches_reference_edge_shapes[cuda-shape3-gru4rec]"
+                "$G::test_matches_reference_edge_shapes[cuda-shape2-gru4rec]"
+                "$G::test_bfloat16[cuda-ids-cudnn]"
+                "$L::test_float32_matches_reference[cuda-bpr-max-tanh-True]"
+                "$L::test_float32_matches_reference[cuda-cross-entropy-elu-0.5-True]"
+                "$L::test_float32_random_shapes[cuda-1]"
+                "$L::test_bfloat16[cuda-top1-max-tanh]"
+                "tests/test_train.py::test_sparse_update_cuda_equals_cpu[0.3]")
+RACECHECK_TESTS=("$L::test_float32_random_shapes[cuda-0]" "$L::test_float32_random_shapes[cuda-1]"
+                 "$L::test_float32_random_shapes[cuda-2]" "$L::test_float32_random_shapes[cuda-3]"
+                 "$L::test_float32_random_shapes[cuda-4]" "$L::test_bfloat16[cuda-bpr-max-tanh]"
+                 "$L::test_bfloat16[cuda-top1-tanh]"
+                 "$G::test_matches_reference_edge_shapes[cuda-shape3-cudnn]"
+                 "tests/test_train.py::test_sparse_update_cuda_equals_cpu[0.0]")
+SAN=(compute-sanitizer --error-exitcode 99 --print-limit 30 --target-processes all)
+refused() { grep -qiE "device not supported|error 999" "$OUT/$1.log" 2>/dev/null; }
+sanitizer_ok=1
+for job in "memcheck tests" "memcheck train" "racecheck tests" "racecheck train"; do
+  read -r tool what <<< "$job"
+  name="sanitizer-$tool-$what"
+  if [ $sanitizer_ok -eq 0 ]; then
+    note "== $name: skipped (compute-sanitizer refused the device above)"
+    continue
+  fi
+  if [ "$what" = tests ]; then
+    if [ "$tool" = memcheck ]; then args=("${MEMCHECK_TESTS[@]}"); else args=("${RACECHECK_TESTS[@]}"); fi
+    cmd=("$PY" -m pytest -q -p no:cacheprovider "${args[@]}")
+  else
+    cmd=("${TRAIN[@]}")
+  fi
+  # Without the caching allocator every tensor is its own allocation, so memcheck sees overruns.
+  run "$name" 32 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "${SAN[@]}" --tool "$tool" "${cmd[@]}"
+  rc=$?
+  if [ "$DRY" != "1" ] && [ $rc -ne 0 ] && refused "$name"; then
+    note "   compute-sanitizer refused the device (a gVisor runtime does); sanitizer runs skipped"
+    sanitizer_ok=0
+  fi
+done
+run train-cuda 25 "${TRAIN[@]}"
+
+# 5. benchmarks (results in $OUT/results.tar.gz)
 RES="$OUT/results"
 mkdir -p "$RES"
-{
-  timeout 90 "$PY" benchmarks/bench_gru.py --device cuda --grid full --dtypes float32 bfloat16 --min-time 0.05 --out "$RES"
-  timeout 90 "$PY" benchmarks/bench_loss.py --device cuda --grid full --dtypes float32 bfloat16 --min-time 0.05 --out "$RES"
-  timeout 90 "$PY" benchmarks/bench_train.py --device cuda --out "$RES"
-} > "$OUT/bench.log" 2>&1
-echo "benchmarks done ($(( $(date +%s) - t0 )) s)" | tee -a "$summary"
-tar -czf "$OUT/results.tar.gz" -C "$RES" . && rm -rf "$RES"
-grep -A200 -E "^(session GRU|sampled loss|training)" "$OUT/bench.log" | tail -120
+run bench-gru 30 "$PY" benchmarks/bench_gru.py --device cuda --grid cpu --dtypes float32 bfloat16 --min-time 0.02 --out "$RES"
+run bench-loss 25 "$PY" benchmarks/bench_loss.py --device cuda --grid full --dtypes float32 bfloat16 --min-time 0.02 --out "$RES"
+run bench-train 30 "$PY" benchmarks/bench_train.py --device cuda --steps 300 --out "$RES"
+if [ "$DRY" != "1" ]; then
+  tar -czf "$OUT/results.tar.gz" -C "$RES" . && rm -rf "$RES"
+fi
+note "== done in $(( $(date +%s) - t0 )) s; failed stages: ${failed[*]:-none}; logs in $OUT"

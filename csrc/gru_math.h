@@ -4,6 +4,7 @@
 // biases already added; "hp" is the previous hidden state after the reset (0 for reset rows).
 // The host float versions of sigmoid/tanh use a polynomial exp that the compiler can vectorise
 // (std::exp is a library call that blocks vectorisation); their error is a few float ulp.
+// The host emulation of the CUDA kernels (GRU4REC_CUDA_EMU) uses the device formulas.
 #pragma once
 
 #include <cmath>
@@ -70,7 +71,7 @@ inline float host_tanhf(float x) {
 }
 
 GRU4REC_HOST_DEVICE inline float sigmoid(float x) {
-#ifdef __CUDA_ARCH__
+#if defined(__CUDA_ARCH__) || defined(GRU4REC_CUDA_EMU)
   return 1.0f / (1.0f + expf(-x));
 #else
   return host_sigmoidf(x);
@@ -80,7 +81,7 @@ GRU4REC_HOST_DEVICE inline float sigmoid(float x) {
 GRU4REC_HOST_DEVICE inline double sigmoid(double x) { return 1.0 / (1.0 + ::exp(-x)); }
 
 GRU4REC_HOST_DEVICE inline float tanh_(float x) {
-#ifdef __CUDA_ARCH__
+#if defined(__CUDA_ARCH__) || defined(GRU4REC_CUDA_EMU)
   return tanhf(x);
 #else
   return host_tanhf(x);

@@ -2,6 +2,7 @@
 // other translation units) and exposes host-side helpers through pybind11.
 #include <torch/extension.h>
 
+#include "cpu/thread_pool.h"
 #include "schedule.h"
 
 namespace {
@@ -28,5 +29,8 @@ pybind11::dict build_info() {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "gru4rec-ext compiled kernels (ops are under torch.ops.gru4rec)";
   m.def("build_info", &build_info, "What the extension was built with");
+  m.def("set_num_threads", &gru4rec::cpu::set_pool_threads, pybind11::arg("n"),
+        "Threads the CPU kernels use, the caller included (their own pool; see csrc/cpu/thread_pool.h)");
+  m.def("get_num_threads", &gru4rec::cpu::pool_threads, "Threads the CPU kernels use");
   gru4rec::bind_schedule(m);
 }

@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "loss_math.h"
+#include "products.h"
 
 namespace gru4rec {
 
@@ -26,8 +27,10 @@ SampledLossDims check_sampled_loss_args(const at::Tensor& hidden, const at::Tens
   TORCH_CHECK(candidates.dim() == 1, "sampled_loss: candidates must be ",
               has_columns ? "[U] (the item of each gathered row)" : "[C] (targets then samples)", ", got ",
               candidates.dim(), " dims");
-  TORCH_CHECK(at::isFloatingType(hidden.scalar_type()),
-              "sampled_loss: hidden must be a floating tensor, got ", hidden.scalar_type());
+  const auto dtype = hidden.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16,
+              "sampled_loss: hidden has dtype ", dtype, "; the kernels support float32, float64 "
+              "and bfloat16 (not half or float8): convert the model");
   TORCH_CHECK(weight.scalar_type() == hidden.scalar_type(), "sampled_loss: weight dtype ",
               weight.scalar_type(), " differs from hidden dtype ", hidden.scalar_type());
   TORCH_CHECK(bias.scalar_type() == hidden.scalar_type(), "sampled_loss: bias dtype ",
@@ -126,7 +129,7 @@ at::Tensor sampled_loss_scores(const at::Tensor& hidden, const at::Tensor& weigh
   at::index_select_out(rows, weight, 0, candidates);
   const at::Tensor bias_rows = at::index_select(bias, 0, candidates);
   at::Tensor scores = workspace_grad_scores(workspace, d);
-  at::addmm_out(scores, bias_rows, hidden, rows.t());
+  gru4rec::addmm_out(scores, bias_rows, hidden, rows.t());
   return workspace;
 }
 
@@ -159,8 +162,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sampled_loss_backward_common(
       unit ? workspace_grad_scores(workspace, d)
            : at::mul(workspace_grad_scores(workspace, d), grad_loss.reshape({}).to(hidden.scalar_type()));
   const at::Tensor rows = workspace_rows(workspace, d);
-  at::Tensor grad_hidden = at::mm(grad_scores, rows);
-  at::Tensor grad_weight_rows = at::mm(grad_scores.t(), hidden);
+  at::Tensor grad_hidden = gru4rec::mm(grad_scores, rows);
+  at::Tensor grad_weight_rows = gru4rec::mm(grad_scores.t(), hidden);
   at::Tensor grad_bias_rows = grad_scores.sum(0);
   return {grad_hidden, grad_weight_rows, grad_bias_rows};
 }

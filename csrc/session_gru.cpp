@@ -53,9 +53,10 @@ GruDims check_session_gru_forward(const Tensor& input, const Tensor& reset, cons
   check_same_device(h0, "h0", weight_hh);
   check_same_device(weight_ih, "weight_ih", weight_hh);
   // Dtypes.
-  TORCH_CHECK(at::isFloatingType(weight_hh.scalar_type()),
-              "session_gru: weight_hh must be a floating tensor, got dtype ",
-              weight_hh.scalar_type());
+  const auto dtype = weight_hh.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16,
+              "session_gru: weight_hh has dtype ", dtype, "; the kernels support float32, "
+              "float64 and bfloat16 (not half or float8): convert the model");
   GruDims d;
   d.ids = input.scalar_type() == at::kLong;
   TORCH_CHECK(d.ids || at::isFloatingType(input.scalar_type()),
@@ -115,8 +116,12 @@ GruDims check_session_gru_backward(const Tensor& grad_output, const Tensor& grad
       {&workspace, "workspace"}};
   for (const auto& [t, name] : saved) {
     check_same_device(*t, name, weight_hh);
-    check_float_dtype(*t, name, weight_hh);
+    if (t != &workspace) check_float_dtype(*t, name, weight_hh);
   }
+  const auto ws_dtype = workspace_dtype(weight_hh.scalar_type());
+  TORCH_CHECK(workspace.scalar_type() == ws_dtype, "session_gru: workspace has dtype ",
+              workspace.scalar_type(), " but must be ", ws_dtype, " (the forward's workspace for ",
+              "weight_hh of dtype ", weight_hh.scalar_type(), ")");
   check_shape(grad_output, "grad_output", {d.T, d.B, d.H}, "[T, B, H]");
   check_shape(grad_h_n, "grad_h_n", {d.B, d.H}, "[B, H]");
   check_shape(output, "output", {d.T, d.B, d.H}, "[T, B, H]");
@@ -129,7 +134,8 @@ GruDims check_session_gru_backward(const Tensor& grad_output, const Tensor& grad
 TORCH_LIBRARY_FRAGMENT(gru4rec, m) {
   // GRU over T steps of a session-parallel batch (SPEC section 3); variant 0 = cudnn, 1 = gru4rec.
   // input: float [T,B,E] or int64 item ids [T,B]; reset bool [T,B]; h0 [B,H]; nn.GRU weight layout.
-  // workspace [T,B,4H]: per step r, z, n (or c), and W_hn h + b_hn (cudnn) or r * h (gru4rec).
+  // workspace [T,B,4H]: per step r, z, n (or c), and W_hn h + b_hn (cudnn) or r * h (gru4rec),
+  // in float32 for a bfloat16 model (the accumulation type).
   m.def(
       "session_gru_forward(Tensor input, Tensor reset, Tensor h0, Tensor weight_ih, "
       "Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, int variant) "

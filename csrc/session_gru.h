@@ -2,14 +2,20 @@
 // the argument checks (defined in session_gru.cpp) and the loop over time steps, which does the
 // products through ATen (BLAS / cuBLAS) and calls the backend's fused elementwise kernels.
 //
+// The workspace (r, z, n or c, and hn or r*h per step and unit) is kept in
+// workspace_dtype(model dtype): float32 for a bfloat16 model, so that the backward's (1 - z) and
+// (1 - n^2) of saturated gates keep their digits; the kernels compute in that type too.
+//
 // A backend is a struct `K` with static functions taking the step structs below:
 //   K::forward_cudnn(FwdStep), K::forward_gru4rec_gates(FwdStep), K::forward_gru4rec_cand(FwdStep),
 //   K::backward_cudnn(BwdStep), K::backward_gru4rec_cand(BwdStep), K::backward_gru4rec_gates(BwdStep),
-//   K::zero_reset_rows(Tensor x [B,H], const bool* reset [B]), K::check_ids(Tensor ids, int64_t N),
-//   K::id_weight_grad(Tensor dgi [T*B,3H], Tensor ids [T*B], int64_t N) -> Tensor [3H,N].
+//   K::zero_reset_rows(Tensor x [B,H], const bool* reset [B]), K::check_ids(Tensor ids, int64_t N).
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+
+#include "products.h"
 
 #include <optional>
 #include <tuple>
@@ -19,6 +25,9 @@ namespace gru4rec {
 using at::Tensor;
 
 enum Variant : int64_t { kCudnn = 0, kGru4rec = 1 };
+
+// The dtype of the workspace of a model of dtype `dtype` (its accumulation type).
+inline at::ScalarType workspace_dtype(at::ScalarType dtype) { return at::toOpMathType(dtype); }
 
 // Sizes of one call: T steps, B rows, E input features (N items for id input), H hidden units.
 struct GruDims {
@@ -55,7 +64,7 @@ struct FwdStep {
   const void* b_hh = nullptr;      // [3H]
   void* out = nullptr;             // [B,H] new state
   void* h_n = nullptr;             // [B,H] copy of the new state at the last step, else nullptr
-  void* ws = nullptr;              // [B,4H] workspace of this step
+  void* ws = nullptr;              // [B,4H] workspace of this step (workspace_dtype)
 };
 
 // One backward step (reverse time order).
@@ -67,7 +76,7 @@ struct BwdStep {
   const bool* reset_next = nullptr; // [B] reset of step t+1 (masks carry), nullptr at the last step
   const bool* reset = nullptr;      // [B] reset of step t
   const void* hprev = nullptr;      // [B,H] previous state (before the reset)
-  const void* ws = nullptr;         // [B,4H] workspace of this step
+  const void* ws = nullptr;         // [B,4H] workspace of this step (workspace_dtype)
   const void* drh = nullptr;        // gru4rec part 2: dL/d(r*h) [B,H]
   void* carry = nullptr;            // [B,H] in: dL/dh from step t+1; out: direct part of dL/dh_prev
   void* dgi = nullptr;              // [B,3H] dL/d(x W_ih^T + b_ih)
@@ -95,12 +104,12 @@ std::tuple<Tensor, Tensor, Tensor> session_gru_forward_impl(
                                                                 : at::zeros({3 * H}, opts);
   Tensor out = at::empty({T, B, H}, opts);
   Tensor h_n = at::empty({B, H}, opts);
-  Tensor ws = at::empty({T, B, 4 * H}, opts);
+  Tensor ws = at::empty({T, B, 4 * H}, opts.dtype(workspace_dtype(w_hh.scalar_type())));
   Tensor gi;  // dense: x W_ih^T for all steps at once [T*B,3H]
   if (d.ids) {
     K::check_ids(input, d.N);
   } else {
-    gi = at::mm(input.view({T * B, d.E}), w_ih.t());
+    gi = gru4rec::mm(input.view({T * B, d.E}), w_ih.t());
   }
   FwdStep s;
   s.dtype = opts.dtype().toScalarType();
@@ -114,7 +123,7 @@ std::tuple<Tensor, Tensor, Tensor> session_gru_forward_impl(
     return static_cast<const char*>(t.const_data_ptr()) + step * row * esize;
   };
   const auto at_step_mut = [&](Tensor& t, int64_t step, int64_t row) {
-    return static_cast<char*>(t.mutable_data_ptr()) + step * row * esize;
+    return static_cast<char*>(t.mutable_data_ptr()) + step * row * t.element_size();
   };
   const bool* reset_p = reset.const_data_ptr<bool>();
   const int64_t* ids_p = d.ids ? input.const_data_ptr<int64_t>() : nullptr;
@@ -134,7 +143,7 @@ std::tuple<Tensor, Tensor, Tensor> session_gru_forward_impl(
     const Tensor w_hh_t = w_hh.t();
     for (int64_t t = 0; t < T; ++t) {
       const Tensor hprev = t == 0 ? h0 : out.select(0, t - 1);
-      at::mm_out(gh, hprev, w_hh_t);
+      gru4rec::mm_out(gh, hprev, w_hh_t);
       set_step(t, hprev, gh);
       K::forward_cudnn(s);
     }
@@ -146,10 +155,12 @@ std::tuple<Tensor, Tensor, Tensor> session_gru_forward_impl(
     const Tensor rh_all = ws.view({T * B, 4 * H}).narrow(1, 3 * H, H);  // r * h of every step
     for (int64_t t = 0; t < T; ++t) {
       const Tensor hprev = t == 0 ? h0 : out.select(0, t - 1);
-      at::mm_out(gh, hprev, w_rz_t);
+      gru4rec::mm_out(gh, hprev, w_rz_t);
       set_step(t, hprev, gh);
       K::forward_gru4rec_gates(s);
-      at::mm_out(ghc, T == 1 ? rh_all : rh_all.narrow(0, t * B, B), w_c_t);
+      const Tensor rh = T == 1 ? rh_all : rh_all.narrow(0, t * B, B);
+      gru4rec::mm_out(ghc, rh.scalar_type() == w_hh.scalar_type() ? rh : rh.to(w_hh.scalar_type()),
+                      w_c_t);
       s.gh = ghc.const_data_ptr();
       K::forward_gru4rec_cand(s);
     }
@@ -157,7 +168,9 @@ std::tuple<Tensor, Tensor, Tensor> session_gru_forward_impl(
   return {out, h_n, ws};
 }
 
-// Backward over T steps (reverse order), then the weight gradients with one product each.
+// Backward over T steps (reverse order), then the weight gradients with one product each. For id
+// input, grad_weight_ih is ROW-SPARSE, [T*B, 3H]: row t*B+b is the gradient w.r.t. column
+// input[t,b] of weight_ih [3H,N] (duplicate ids not summed; no dense [3H,N] buffer).
 template <class K>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> session_gru_backward_impl(
     const Tensor& grad_output_, const Tensor& grad_h_n_, const Tensor& input_,
@@ -184,6 +197,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> session_gru_backward_
   const Tensor w_rz = cudnn ? Tensor() : w_hh.narrow(0, 0, 2 * H);  // gru4rec only
   const Tensor w_c = cudnn ? Tensor() : w_hh.narrow(0, 2 * H, H);
   const int64_t esize = static_cast<int64_t>(w_hh.element_size());
+  const int64_t ws_esize = static_cast<int64_t>(ws.element_size());
   const bool* reset_p = reset.const_data_ptr<bool>();
   BwdStep s;
   s.dtype = opts.dtype().toScalarType();
@@ -199,7 +213,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> session_gru_backward_
     s.reset = reset_p + t * B;
     s.hprev = t == 0 ? h0.const_data_ptr()
                      : static_cast<const char*>(out.const_data_ptr()) + (t - 1) * B * H * esize;
-    s.ws = static_cast<const char*>(ws.const_data_ptr()) + off(B * 4 * H);
+    s.ws = static_cast<const char*>(ws.const_data_ptr()) + t * B * 4 * H * ws_esize;
     s.dgi = static_cast<char*>(dgi.mutable_data_ptr()) + off(B * 3 * H);
     s.dgh = static_cast<char*>(dgh.mutable_data_ptr()) + off(B * 3 * H);
     s.hp = static_cast<char*>(hp.mutable_data_ptr()) + off(B * H);
@@ -208,12 +222,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> session_gru_backward_
     const bool carry_back = t > 0 || need_grad_h0;
     if (cudnn) {
       K::backward_cudnn(s);
-      if (carry_back) carry.addmm_(dgh_t, w_hh);
+      if (carry_back) gru4rec::addmm_(carry, dgh_t, w_hh);
     } else {
       K::backward_gru4rec_cand(s);
-      at::mm_out(drh, dgh_t.narrow(1, 2 * H, H), w_c);
+      gru4rec::mm_out(drh, dgh_t.narrow(1, 2 * H, H), w_c);
       K::backward_gru4rec_gates(s);
-      if (carry_back) carry.addmm_(dgh_t.narrow(1, 0, 2 * H), w_rz);
+      if (carry_back) gru4rec::addmm_(carry, dgh_t.narrow(1, 0, 2 * H), w_rz);
     }
   }
   if (need_grad_h0) {
@@ -226,21 +240,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> session_gru_backward_
   const Tensor& hp2 = hp;
   Tensor grad_w_hh;
   if (cudnn) {
-    grad_w_hh = at::mm(dgh2.t(), hp2);
+    grad_w_hh = gru4rec::mm(dgh2.t(), hp2);
   } else {
     grad_w_hh = at::empty({3 * H, H}, opts);
     Tensor g_rz = grad_w_hh.narrow(0, 0, 2 * H), g_c = grad_w_hh.narrow(0, 2 * H, H);
-    at::mm_out(g_rz, dgh2.narrow(1, 0, 2 * H).t(), hp2);
-    at::mm_out(g_c, dgh2.narrow(1, 2 * H, H).t(), ws.view({T * B, 4 * H}).narrow(1, 3 * H, H));
+    gru4rec::mm_out(g_rz, dgh2.narrow(1, 0, 2 * H).t(), hp2);
+    const Tensor rh = ws.view({T * B, 4 * H}).narrow(1, 3 * H, H);  // r * h of every step
+    gru4rec::mm_out(g_c, dgh2.narrow(1, 2 * H, H).t(),
+                    rh.scalar_type() == w_hh.scalar_type() ? rh : rh.to(w_hh.scalar_type()));
   }
   Tensor grad_input, grad_w_ih;
   if (d.ids) {
     grad_input = at::empty({0}, opts);
-    grad_w_ih = K::id_weight_grad(dgi2, input.view({T * B}), d.N);
+    grad_w_ih = dgi2;  // row-sparse: the gate gradients of the rows, belonging to their ids
   } else {
     const Tensor x2 = input.view({T * B, d.E});
-    grad_input = need_grad_input ? at::mm(dgi2, w_ih).view({T, B, d.E}) : at::empty({0}, opts);
-    grad_w_ih = at::mm(dgi2.t(), x2);
+    grad_input = need_grad_input ? gru4rec::mm(dgi2, w_ih).view({T, B, d.E}) : at::empty({0}, opts);
+    grad_w_ih = gru4rec::mm(dgi2.t(), x2);
   }
   const bool has_b_ih = bias_ih.has_value() && bias_ih->defined();
   const bool has_b_hh = bias_hh.has_value() && bias_hh->defined();

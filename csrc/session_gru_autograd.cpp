@@ -4,7 +4,6 @@
 // below autograd (inference mode, tracing) it is the forward op without its workspace.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include <optional>
@@ -37,35 +36,12 @@ const auto& backward_op() {
   return op;
 }
 
-// Whether session_gru_backward returns the weight_ih gradient of id input as one row per input
-// position, [T*B, 3H], rather than dense [3H, N]. Asked once, on a tiny CPU call with every
-// dispatch mode (tracing, fake tensors) switched off; only needed when the two shapes coincide.
-bool backward_returns_id_rows() {
-  static const bool rows = [] {
-    c10::impl::ForceDispatchKeyGuard clean(c10::default_included_set,
-                                           c10::default_excluded_set |
-                                               c10::autograd_dispatch_keyset_with_ADInplaceOrView);
-    const auto f = at::TensorOptions().dtype(at::kFloat);
-    const Tensor ids = at::zeros({1, 1}, at::kLong), reset = at::zeros({1, 1}, at::kBool);
-    const Tensor h0 = at::zeros({1, 1}, f), w_ih = at::zeros({3, 2}, f), w_hh = at::zeros({3, 1}, f);
-    auto [out, h_n, ws] = forward_op().call(ids, reset, h0, w_ih, w_hh, {}, {}, 0);
-    auto grads = backward_op().call(at::ones_like(out), at::zeros_like(h_n), ids, reset, h0, w_ih,
-                                    w_hh, {}, {}, out, ws, 0, false, false);
-    return std::get<2>(grads).size(0) == 1;  // rows [T*B=1, 3H=3]; dense would be [3, N=2]
-  }();
-  return rows;
-}
-
-// The dense [3H, N] gradient of weight_ih for id input from what session_gru_backward returned:
-// that dense gradient itself, or row t*B+b = the gradient of column input[t, b] (duplicates not
-// summed), which is summed here into the columns.
-Tensor dense_id_weight_grad(const Tensor& grad, const Tensor& input, const Tensor& weight_ih) {
-  const auto g = grad.sym_sizes(), w = weight_ih.sym_sizes();
-  const bool same_shape = g[0] == w[0] && g[1] == w[1];
-  // [T*B, 3H] and [3H, N] coincide only when T*B = 3H = N; then ask the op which it returns.
-  const bool rows = !same_shape || (input.sym_numel() == w[0] && backward_returns_id_rows());
-  if (!rows) return grad;
-  return at::zeros_symint(w, grad.options()).index_add_(1, input.reshape({-1}), grad.t());
+// The dense [3H, N] gradient of weight_ih for id input from session_gru_backward's row-sparse
+// one, [T*B, 3H] (row t*B+b is the gradient of column input[t, b], duplicates not summed): the
+// rows are summed into their columns. The drop-in module's parameter takes a dense gradient.
+Tensor dense_id_weight_grad(const Tensor& rows, const Tensor& input, const Tensor& weight_ih) {
+  return at::zeros_symint(weight_ih.sym_sizes(), rows.options())
+      .index_add_(1, input.reshape({-1}), rows.t());
 }
 
 const char* const kDoubleBackward =

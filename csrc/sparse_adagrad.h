@@ -4,6 +4,11 @@
 
 namespace gru4rec {
 
+// The dtype of the Adagrad state (acc, mom) of a param dtype: float32 for bfloat16 and float16.
+inline at::ScalarType adagrad_state_dtype(at::ScalarType param) {
+  return param == at::kHalf || param == at::kBFloat16 ? at::kFloat : param;
+}
+
 // Throws (TORCH_CHECK) naming the bad argument; see csrc/sparse_adagrad.cpp.
 void check_sparse_adagrad_args(const at::Tensor& param, const at::Tensor& acc, const at::Tensor& mom,
                                const at::Tensor& indices, const at::Tensor& rows, double lr,

@@ -1,6 +1,6 @@
 // gru4rec::train_step_: one whole GRU4Rec training step in one call (SPEC sections 3-5), so that
 // the trainer's hot loop pays the Python and dispatch cost of one op per step instead of about
-// sixty. It runs exactly the trainer's sequence (gru4rec_ext/train.py, compute_step with the
+// sixty. It runs exactly the trainer's sequence (gru4rec_ext/train_step.py, compute_step with the
 // "kernels" backend, then AdagradM's updates), through the same ops and in the same order, with
 // the same draws from torch's default generator for the dropout masks, so it trains to the same
 // weights. Registered for the CPU (its distinct-candidate scoring uses gru4rec::unique_ids).
@@ -86,12 +86,13 @@ enum InputMode : int64_t { kShared = 0, kEmbedding = 1, kOneHot = 2 };
 // The dropout mask GRU4Rec's trainer draws: (u >= p) / (1 - p), u uniform like x.
 Tensor dropout_mask(const Tensor& like, double p) { return at::rand_like(like).ge_(p).mul_(1.0 / (1.0 - p)); }
 
-// The row-sparse update of one table (duplicates summed); a 1-D table is updated as [N, 1].
+// The row-sparse update of one table (duplicates summed, negative indices skipped); a 1-D table is
+// updated as [N, 1].
 void sparse_update(Tensor param, Tensor acc, Tensor mom, const Tensor& idx, const Tensor& rows, double lr,
                    double momentum, double eps) {
   const auto as2d = [](const Tensor& t) { return t.dim() == 1 ? t.view({t.size(0), 1}) : t; };
   Tensor p = as2d(param), a = as2d(acc);
-  Tensor m = momentum > 0 ? as2d(mom) : param.new_empty({0, 1});
+  Tensor m = momentum > 0 ? as2d(mom) : acc.new_empty({0, 1});
   sparse_adagrad_op().call(p, a, m, idx.contiguous(), as2d(rows.contiguous()), lr, momentum, eps);
 }
 
@@ -99,7 +100,10 @@ void sparse_update(Tensor param, Tensor acc, Tensor mom, const Tensor& idx, cons
 // log_count, log_weight [N] (log q of targets / samples; used by cross-entropy with logq > 0);
 // hidden [L,B,H]. tables = [Wy, By] or [Wy, By, E] with their Adagrad accs and moms (moms [] when
 // momentum == 0); gru_params = per layer weight_ih, weight_hh, bias_ih, bias_hh, with accs, moms.
-// Returns (loss [] , new hidden [L,B,H]) and updates every parameter and its state in place.
+// Returns (loss [] , new hidden [L,B,H]) and updates every parameter and its state in place: the GRU
+// weights densely, except a one-hot model's layer-0 weight_ih [3H,N], whose columns of the step's
+// input items are updated (like the item tables' rows). Every shape is fixed: at the epoch tail the
+// rows that must not update get index -1.
 std::tuple<Tensor, Tensor> train_step_cpu(
     const Tensor& inputs, const Tensor& targets, const Tensor& reset, const OptTensor& valid, const Tensor& samples,
     const OptTensor& log_count, const OptTensor& log_weight, const Tensor& hidden, at::TensorList tables,
@@ -200,30 +204,34 @@ std::tuple<Tensor, Tensor> train_step_cpu(
   if (g.defined() && mask_e.defined()) g = g * mask_e;
 
   // Epoch tail: rows without a session take no part in the updates either (their target items,
-  // unless sampled or another row's target, and their input rows are not touched).
-  Tensor upd_items = unique, upd_w = grad_w, upd_b = grad_b, upd_inputs = inputs;
+  // unless sampled or another row's target, and their input rows are not touched): their indices
+  // become -1, which the sparse update skips, so no shape depends on the valid mask.
+  Tensor upd_items = unique, upd_inputs = inputs;
   if (valid.has_value() && valid->defined()) {
-    const Tensor keep = at::isin(unique, at::cat({targets.index({*valid}), samples}));
-    upd_items = unique.index({keep});
-    upd_w = grad_w.index({keep});
-    upd_b = grad_b.index({keep});
-    if (g.defined()) {
-      upd_inputs = inputs.index({*valid});
-      g = g.index({*valid});
-    }
+    const Tensor keep = at::isin(unique, at::cat({at::where(*valid, targets, -1), samples}));
+    upd_items = at::where(keep, unique, -1);
+    upd_inputs = at::where(*valid, inputs, -1);
   }
 
-  // Updates: the GRU densely, the item tables on their touched rows (AdagradM's order).
-  dense_adagrad_op().call(gru_params, gru_accs, momentum > 0 ? gru_moms : at::TensorList(), gru_grads, lr, momentum,
-                          eps);
+  // Updates: the GRU densely (a one-hot model's layer-0 weight_ih on the columns of its input
+  // items, from the row-sparse gradient [B,3H]), the item tables on their touched rows.
+  const bool columns_wih = input_mode == kOneHot;
+  const size_t first_dense = columns_wih ? 1 : 0;
+  dense_adagrad_op().call(gru_params.slice(first_dense), gru_accs.slice(first_dense),
+                          momentum > 0 ? gru_moms.slice(first_dense) : at::TensorList(),
+                          at::TensorList(gru_grads).slice(first_dense), lr, momentum, eps);
   const auto mom_of = [&](size_t t) { return momentum > 0 ? table_moms[t] : Tensor(); };
-  sparse_update(By, table_accs[1], mom_of(1), upd_items, upd_b, lr, momentum, eps);
+  sparse_update(By, table_accs[1], mom_of(1), upd_items, grad_b, lr, momentum, eps);
   if (input_mode == kShared) {  // one update, so that a row touched twice is updated once
-    sparse_update(Wy, table_accs[0], mom_of(0), at::cat({upd_items, upd_inputs}), at::cat({upd_w, g}), lr, momentum,
+    sparse_update(Wy, table_accs[0], mom_of(0), at::cat({upd_items, upd_inputs}), at::cat({grad_w, g}), lr, momentum,
                   eps);
   } else {
-    sparse_update(Wy, table_accs[0], mom_of(0), upd_items, upd_w, lr, momentum, eps);
+    sparse_update(Wy, table_accs[0], mom_of(0), upd_items, grad_w, lr, momentum, eps);
     if (has_e) sparse_update(tables[2], table_accs[2], mom_of(2), upd_inputs, g, lr, momentum, eps);
+  }
+  if (columns_wih) {  // weight_ih.t() [N,3H] is a strided view: its rows are weight_ih's columns
+    sparse_update(gru_params[0].t(), gru_accs[0].t(), momentum > 0 ? gru_moms[0].t() : Tensor(), upd_inputs,
+                  gru_grads[0], lr, momentum, eps);
   }
   return {loss_value, at::stack(outs)};
 }

@@ -52,3 +52,22 @@ def use_kernel(op: str, device: torch.device) -> bool:
         logger.warning("gru4rec_ext: %s runs the pure-PyTorch reference on %s because %s",
                        op, key, why)
     return False
+
+
+def set_num_threads(n: int) -> None:
+    """Threads the compiled CPU kernels use, the calling thread included.
+
+    They are the kernels' own worker threads (csrc/cpu/thread_pool.h), not OpenMP's: work is claimed
+    in chunks, so a worker that a busy core delays costs nothing, and idle workers sleep instead of
+    spinning. Without the extension there is nothing to set.
+    """
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"the number of CPU threads must be >= 1, got {n}")
+    if _C is not None:
+        _C.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """Threads the compiled CPU kernels use (default: torch's intra-op thread count when first asked)."""
+    return int(_C.get_num_threads()) if _C is not None else 1

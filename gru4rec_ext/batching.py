@@ -68,16 +68,35 @@ def session_order(n_sessions: int, *, shuffle: bool = False, seed=None) -> np.nd
     return np.random.default_rng(seed).permutation(n_sessions).astype(np.int64)
 
 
+def check_item_ids(data: SessionData, n_items: int) -> None:
+    """Every item index of `data` must be in [0, n_items): else a ValueError naming the data, the
+    first bad id, its event and its session. One pass over the events on the host, so that no
+    training or evaluation step has to check its ids (the kernels keep only device asserts)."""
+    items = data.items
+    if not len(items):
+        return
+    bad = np.flatnonzero((items < 0) | (items >= n_items))
+    if len(bad):
+        pos = int(bad[0])
+        session = data.session_ids[int(np.searchsorted(data.offsets, pos, side="right")) - 1]
+        raise ValueError(f"{data.name}: item id {int(items[pos])} (event {pos}, session {session}) is out of "
+                         f"range [0, {n_items}) of the model's items; {len(bad)} event(s) are")
+
+
 def build_schedule(data: SessionData, batch_size: int, *, shuffle: bool = False, seed=None,
-                   order=None) -> EpochSchedule:
+                   order=None, n_items: int | None = None) -> EpochSchedule:
     """The session-parallel schedule of one epoch over `data` with `batch_size` slots.
 
     Sessions are taken in data order, or in a random order when `shuffle` (reproducible with
     `seed`), or in the explicit `order` (int session indices) when given. Sessions with fewer than
-    2 events are skipped. Returns CPU tensors; move them once with `.to(device)`.
+    2 events are skipped. n_items: when given, every item id is checked to be in [0, n_items)
+    (`check_item_ids`): the steps that index with the schedule then need no check of their own.
+    Returns CPU tensors; move them once with `.to(device)`.
     """
     if not isinstance(data, SessionData):
         raise TypeError(f"data: expected a SessionData, got {type(data).__name__}")
+    if n_items is not None:
+        check_item_ids(data, int(n_items))
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
     if order is None:

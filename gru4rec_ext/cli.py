@@ -1,4 +1,4 @@
-"""The `gru4rec` command line: train, evaluate, recommend, preprocess.
+"""The `gru4rec` command line: train, evaluate, recommend, tune, preprocess.
 
 Hyperparameter precedence for `train`: preset < --config FILE.json < --params k=v,... < explicit options.
 Errors in the input (unknown preset or parameter, bad value, missing or malformed file) end with
@@ -75,6 +75,20 @@ def parse_params(text: str) -> dict:
     return out
 
 
+def read_config_file(config_file) -> dict:
+    """The JSON object of a --config file, values unparsed; CLIError naming the file otherwise."""
+    try:
+        with open(config_file) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise CLIError(f"config file {config_file!r} does not exist") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CLIError(f"config file {config_file!r} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise CLIError(f"config file {config_file!r} must hold a JSON object")
+    return data
+
+
 def resolve_config(preset=None, config_file=None, params=None, explicit=None) -> dict:
     """Merge defaults < preset < config file < --params < explicit options into one dict."""
     from .presets import get_preset
@@ -85,16 +99,7 @@ def resolve_config(preset=None, config_file=None, params=None, explicit=None) ->
         except ValueError as exc:
             raise CLIError(str(exc)) from None
     if config_file:
-        try:
-            with open(config_file) as f:
-                data = json.load(f)
-        except FileNotFoundError:
-            raise CLIError(f"config file {config_file!r} does not exist") from None
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CLIError(f"config file {config_file!r} is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise CLIError(f"config file {config_file!r} must hold a JSON object")
-        cfg.update({k: _parse_value(k, v) for k, v in data.items()})
+        cfg.update({k: _parse_value(k, v) for k, v in read_config_file(config_file).items()})
     if params:
         cfg.update(parse_params(params))
     cfg.update({k: v for k, v in (explicit or {}).items() if v is not None})
@@ -235,6 +240,39 @@ def cmd_preprocess(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from .tuning import TrialConfig, load_space, tune
+    from .tuning.config import config_for_file
+    space = load_space(args.space) if args.space else None
+    if args.show_space:
+        setup = TrialConfig(args.preset, args.config, args.params, space)
+        # stdout: the searched space as a --space file; stderr: what every trial fixes
+        _emit("[\n" + ",\n".join("  " + json.dumps(p.to_json()) for p in setup.space) + "\n]")
+        logger.info("loss %s; fixed: %s", setup.loss, json.dumps(config_for_file(setup.fixed)))
+        return 0
+    if args.train is None:
+        raise CLIError("the training file TRAIN is required")
+    for path in (args.train, args.valid):
+        if path is not None and not os.path.isfile(path):
+            raise CLIError(f"{path}: no such file")
+    import torch
+    device = torch.device(args.device) if args.device else torch.device("cpu")
+    try:
+        tune(args.train, args.valid, valid_days=args.valid_days, preset=args.preset, config=args.config,
+             params=args.params, space=space, metric=args.metric, trials=args.trials, timeout=args.timeout,
+             out_dir=args.out, storage=args.storage, study_name=args.study_name, pruner=args.pruner,
+             prune_after=args.prune_after, prune_startup=args.prune_startup, startup_trials=args.startup_trials, seed=args.seed, device=device,
+             progress=not (args.quiet or args.no_progress), retrain=args.retrain, save_model=args.save_model,
+             top=args.top, plot=not args.no_plot, session_key=args.session_key, item_key=args.item_key,
+             time_key=args.time_key, emit=_emit)
+    except ImportError as exc:
+        raise CLIError(str(exc)) from None
+    except KeyboardInterrupt:
+        sys.stderr.write("gru4rec tune: interrupted; the study is kept: run the same command to resume it\n")
+        return 130
+    return 0
+
+
 def _add_data_keys(p):
     p.add_argument("--session-key", default="SessionId", help="session id column (default SessionId)")
     p.add_argument("--item-key", default="ItemId", help="item id column (default ItemId)")
@@ -303,6 +341,42 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device")
     _add_data_keys(r)
     r.set_defaults(func=cmd_recommend)
+
+    u = sub.add_parser("tune", help="search hyperparameters (Optuna) on validation data taken from TRAIN",
+                       description="Search GRU4Rec hyperparameters with Optuna (TPE, per-epoch pruning). Needs "
+                                   "pip install 'gru4rec-ext[tune]'. The test file is never read.")
+    u.add_argument("train", nargs="?", help="training events; its last --valid-days days validate unless --valid")
+    u.add_argument("--valid", help="validation events (default: split TRAIN by time)")
+    u.add_argument("--valid-days", type=float, default=1.0,
+                   help="without --valid: sessions starting in TRAIN's last DAYS days validate (default 1)")
+    u.add_argument("--metric", default="recall@20", help="recall@N or mrr@N on the validation data (default recall@20)")
+    u.add_argument("--preset", help="base values (and the first trial) from a published preset")
+    u.add_argument("--config", help="JSON file of fixed hyperparameters (taken out of the search)")
+    u.add_argument("--params", help="key=value,... fixed hyperparameters (taken out of the search), e.g. loss=bpr-max")
+    u.add_argument("--space", help="JSON search space replacing the default one (see the README)")
+    u.add_argument("--show-space", action="store_true",
+                   help="print the search space (a --space file) and, on stderr, the fixed values; then exit")
+    u.add_argument("--trials", type=int, help="complete + pruned trials the study should reach (default 50 "
+                                               "unless --timeout)")
+    u.add_argument("--timeout", type=float, help="seconds for this run: no trial starts after it, the running one "
+                                                  "stops at its next epoch end")
+    u.add_argument("--out", default="gru4rec-tune", help="output folder (default gru4rec-tune)")
+    u.add_argument("--storage", help="Optuna RDB URL (default sqlite:///OUT/study.db); a shared PostgreSQL/MySQL "
+                                     "URL lets several processes or machines search one study")
+    u.add_argument("--study-name", default="gru4rec", help="the study in the storage (resumed if it exists)")
+    u.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median")
+    u.add_argument("--prune-after", type=int, default=2, help="earliest epoch at which a trial can be pruned (2)")
+    u.add_argument("--prune-startup", type=int, default=3,
+                   help="finished trials before the median pruner starts pruning (3)")
+    u.add_argument("--startup-trials", type=int, default=10, help="random trials before TPE takes over (10)")
+    u.add_argument("--retrain", action="store_true", help="then train on all of TRAIN with the best config and save it")
+    u.add_argument("--save-model", help="where --retrain saves the model (default OUT/model.pt)")
+    u.add_argument("--top", type=int, default=10, help="rows of the top-trials table (10)")
+    u.add_argument("--no-plot", action="store_true", help="no tune.png")
+    u.add_argument("--device", help="cpu (default), cuda, ...")
+    u.add_argument("--seed", type=int, default=42, help="seed of the sampler and of every trial's training (42)")
+    _add_data_keys(u)
+    u.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("preprocess", help="the published preprocessing of a raw dataset")
     p.add_argument("dataset", choices=("yoochoose", "diginetica"))

@@ -42,7 +42,8 @@ def evaluate(model, data: SessionData, *, batch_size: int = 512,
     """Recall@N and MRR@N of `model` on `data` (encoded with the model's item map).
 
     Returns {"n_cases": int, mode: {"recall@N": float, "mrr@N": float, ...} for each tie mode}.
-    Recall@N = mean over cases of [rank <= N]; MRR@N = mean of [rank <= N] / rank. Runs under
+    Recall@N = mean over cases of [rank <= N]; MRR@N = mean of [rank <= N] / rank. A bfloat16 or
+    float16 model's scores are computed in float32 (from its weights and outputs). Runs under
     torch.no_grad() with model.eval(), and restores the model's training mode afterwards.
     `device` defaults to the model's parameters' device; `chunk_size` goes to `target_ranks`.
     Raises FloatingPointError when the model's output is NaN/inf for some case.
@@ -62,7 +63,7 @@ def evaluate(model, data: SessionData, *, batch_size: int = 512,
                          "encode the test data with the model's item map (drop_unknown=True)")
     device = _model_device(model) if device is None else torch.device(device)
 
-    host = build_schedule(data, batch_size)
+    host = build_schedule(data, batch_size, n_items=n_items)  # ids checked once, not per step
     if host.n_pairs == 0:
         raise DataError(f"{data.name}: no (item, next item) pairs to evaluate")
     sched = host.to(device)
@@ -82,9 +83,12 @@ def evaluate(model, data: SessionData, *, batch_size: int = 512,
     try:
         with torch.no_grad():
             weight, bias, activation, elu_alpha = model.output_layer()
+            if weight.dtype in (torch.bfloat16, torch.float16):  # rank float32 scores: no ties made by rounding
+                weight, bias = weight.float(), bias.float()
             hidden = model.init_hidden(batch_size, device)
             for step in tqdm(range(sched.n_steps), desc="evaluate", unit="step", disable=not progress):
                 out, hidden = model.step(sched.inputs[step], sched.reset[step], hidden)
+                out = out.to(weight.dtype)
                 targets = sched.targets[step]
                 rows = partial_rows.get(step)
                 if rows is not None:

@@ -73,6 +73,20 @@ def _split(df: pd.DataFrame, seconds: float, by: str) -> tuple[pd.DataFrame, pd.
     return train, test
 
 
+def split_by_time(df: pd.DataFrame, seconds: float, by: str = "start") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, holdout) of an event table (columns SessionId, ItemId, Time), the published way.
+
+    Holdout = the sessions whose first (`by="start"`) or last (`by="end"`) event is at or after
+    max(Time) - `seconds`; its events of items absent from train are dropped, then its sessions
+    shorter than 2. Train keeps every other session unchanged. Either part may be empty.
+    """
+    if by not in ("start", "end"):
+        raise ValueError(f"by must be 'start' or 'end', got {by!r}")
+    if not float(seconds) > 0:
+        raise ValueError(f"seconds must be > 0, got {seconds}")
+    return _split(df, float(seconds), by)
+
+
 def _counts(df: pd.DataFrame) -> dict:
     return {"events": int(len(df)), "sessions": int(df[SESSION].nunique()),
             "items": int(df[ITEM].nunique())}

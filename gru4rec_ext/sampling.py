@@ -3,8 +3,13 @@
 Samples are drawn in large blocks on the training device with Walker's alias method (per sample:
 a uniform item i and a uniform u, result i if u < prob[i] else alias[i]; a handful of vectorised
 passes per block, several times cheaper than a binary search of the cumulative table), from a
-seeded `torch.Generator`, and handed out as slices of that cache, so a training step never waits
-for the host.
+seeded `torch.Generator`, into a cache that is refilled in place.
+
+A training step takes its samples through an offset that lives on the device (a 0-dim int64
+tensor): `take(k)` gathers cache[offset : offset + k] into a static buffer (the same tensor every
+call) and advances the offset, with device ops only, so a captured CUDA graph that replays the
+step reads new samples each replay. The host only mirrors the offset to decide, outside the step
+(`reserve(k)`), when the cache must be refilled; it never reads the device.
 """
 from __future__ import annotations
 
@@ -44,8 +49,13 @@ class PopularitySampler:
             at least one > 0.
         alpha: exponent in [0, 1] (0: uniform over items, 1: the data distribution).
         device: the device the samples live on (the training device).
-        block_size: how many samples one refill draws; `draw(K)` slices the cache.
+        block_size: how many samples one refill draws (at least k).
         seed: seed of the sampler's own `torch.Generator` (None: a random seed).
+
+    Two ways to get samples, which share one sequence (the same seed gives the same samples):
+      * `draw(k)`: the next k samples as a new tensor;
+      * `reserve(k)` on the host, then `take(k)` in the step: the next k samples in a static
+        buffer, read through the device-side offset (graph-safe; see the module docstring).
     """
 
     def __init__(self, counts, alpha: float, device=None, block_size: int = DEFAULT_BLOCK_SIZE,
@@ -80,25 +90,51 @@ class PopularitySampler:
         else:
             self.generator.manual_seed(int(seed))
         self._cache = torch.empty(0, dtype=torch.int64, device=self.device)
-        self._pos = 0
+        self._pos = 0  # the host's mirror of the device offset (samples handed out of the cache)
+        self._offset = torch.zeros((), dtype=torch.int64, device=self.device)  # the step reads from here
+        self._arange = torch.empty(0, dtype=torch.int64, device=self.device)   # 0..k-1
+        self._buffer = torch.empty(0, dtype=torch.int64, device=self.device)   # take(k)'s output
 
     def _refill(self, k: int) -> None:
+        """Draw a new block of max(block_size, k) samples into the cache (in place when its size
+        is unchanged) and set the offset to 0."""
         size = max(self.block_size, k)
         idx = torch.randint(0, self.n_items, (size,), generator=self.generator, device=self.device)
         u = torch.rand(size, generator=self.generator, device=self.device)
-        self._cache = torch.where(u < self._prob.index_select(0, idx), idx, self._alias.index_select(0, idx))
+        block = torch.where(u < self._prob.index_select(0, idx), idx, self._alias.index_select(0, idx))
+        if self._cache.numel() == size:
+            self._cache.copy_(block)
+        else:
+            self._cache = block
+        self._offset.zero_()
         self._pos = 0
 
-    def draw(self, k: int) -> torch.Tensor:
-        """The next `k` samples, int64 [k] on the sampler's device (a slice of the cache)."""
+    def reserve(self, k: int) -> None:
+        """Host side of a step's draw: make the next `k` samples available from the device offset,
+        refilling the cache first when they do not fit. Reads nothing from the device."""
         k = int(k)
         if k < 0:
             raise ValueError(f"k must be >= 0, got {k}")
         if self._pos + k > self._cache.numel():
             self._refill(k)
-        out = self._cache[self._pos:self._pos + k]
         self._pos += k
-        return out
+
+    def take(self, k: int) -> torch.Tensor:
+        """Device side of a step's draw (after `reserve(k)`): the next `k` samples, int64 [k], in
+        the sampler's static buffer (the same tensor every call, overwritten in place), gathered
+        at the device offset, which then advances by k. Only device ops: safe in a CUDA graph."""
+        k = int(k)
+        if self._arange.numel() != k:  # the first call for this k (never inside a captured step)
+            self._arange = torch.arange(k, dtype=torch.int64, device=self.device)
+            self._buffer = torch.empty(k, dtype=torch.int64, device=self.device)
+        torch.index_select(self._cache, 0, self._arange + self._offset, out=self._buffer)
+        self._offset += k
+        return self._buffer
+
+    def draw(self, k: int) -> torch.Tensor:
+        """The next `k` samples, int64 [k] on the sampler's device (a new tensor)."""
+        self.reserve(k)
+        return self.take(k).clone()
 
     def log_q(self, targets: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
         """log q of the candidates cat(targets, samples), float32 [B+K] (SPEC section 4).
@@ -119,11 +155,16 @@ class PopularitySampler:
         return self._p.clone()
 
     def state_dict(self) -> dict:
-        """Generator state and cache position, so a resumed run draws the same samples."""
+        """Generator state, cache and position in it, so a resumed run draws the same samples."""
         return {"generator": self.generator.get_state(), "cache": self._cache.cpu(),
                 "pos": int(self._pos)}
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"].cpu())
-        self._cache = state["cache"].to(self.device)
+        cache = state["cache"].to(self.device, torch.int64)
+        if cache.shape == self._cache.shape:
+            self._cache.copy_(cache)  # in place: a captured step keeps reading the same tensor
+        else:
+            self._cache = cache
         self._pos = int(state["pos"])
+        self._offset.fill_(self._pos)

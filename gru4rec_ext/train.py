@@ -1,21 +1,19 @@
-"""The GRU4Rec training loop (SPEC sections 2, 4, 5 and 8).
+"""The GRU4Rec trainer (SPEC sections 2, 4, 5 and 8): `train()` and `Trainer`.
 
-One step: gather the input rows, run the GRU layers (autograd for the GRU part only), compute the
-sampled loss of the output layer and its row-sparse gradient (`sampled_loss_forward` /
-`sampled_loss_backward`), backpropagate `grad_hidden` into the GRU weights and the gathered input
-rows, then update the touched item rows (one sparse update, duplicates summed) and the GRU weights
-(dense). On the CPU with the compiled kernels that whole sequence is one call of
-`gru4rec::train_step_` (csrc/train_step.cpp), which runs the same ops in the same order. The hot
-loop keeps SPEC section 8's rules: the epoch schedule lives on the device, shapes are fixed (valid
-mask at the tail), samples come from a device-side cache, the loss is accumulated on the device
-and read only every `LOG_EVERY` steps.
+The training code lives in three rooms, which `Trainer` puts together:
+
+* `train_step.py`: one step (`compute_step`, and `TrainStep`: the fused `gru4rec::train_step_`
+  call on the CPU, else the Python sequence of ops);
+* `train_loop.py`: the epoch loop over a session-parallel schedule, with progress and logging;
+* `train_state.py`: the checkpoint after every epoch and the resume from it.
+
+This module holds the configuration (argument checks, the model on its device, the sampler, the
+optimizer) and `fit()`: the epochs, checkpoints and the final evaluation.
 """
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
-import math
-import os
 import time
 
 import torch
@@ -24,180 +22,16 @@ from . import _extension
 from .model import GRU4Rec
 from .optim import AdagradM
 from .sampling import PopularitySampler
+from .train_loop import LOG_EVERY, headline, run_epoch, write_json
+from .train_state import CHECKPOINT_NAME, resume_training, save_training_checkpoint
+from .threads import cpu_training_threads
+from .train_step import OutputLoss, TrainStep, compute_step
 
 logger = logging.getLogger("gru4rec_ext")
 
 LOSSES = ("cross-entropy", "bpr-max", "top1-max", "bpr", "top1")
-_INPUT_MODES = {"shared": 0, "embedding": 1, "onehot": 2}  # gru4rec::train_step_'s input_mode
 
-
-from .ops.train_step import train_step_ as _TRAIN_STEP  # noqa: E402  (one compiled call per step)
-LOG_EVERY = 100
-CHECKPOINT_NAME = "last.pt"
-
-
-class OutputLoss:
-    """Sampled loss of the output layer with row-sparse gradients, for one backend.
-
-    `__call__(hidden [B,H], targets [B], samples [K], valid [B] or None, log_q [B+K] or None)` ->
-    (loss [], grad_hidden [B,H], candidates [B+K], grad_weight_rows [B+K,H], grad_bias_rows [B+K]).
-    """
-
-    def __init__(self, model: GRU4Rec, *, loss: str, bpreg: float, logq: float, mask_accidental_hits: bool):
-        self.model = model
-        self.opts = dict(loss=loss, activation=model.activation, elu_alpha=model.elu_alpha, bpreg=float(bpreg),
-                         logq=float(logq), mask_accidental_hits=bool(mask_accidental_hits))
-        if model.backend == "kernels":
-            from .ops.sampled_loss import sampled_loss_backward, sampled_loss_forward
-            self._fwd, self._bwd = sampled_loss_forward, sampled_loss_backward
-            self._call = self._kernels
-        else:
-            from .reference_loss import activation_code, loss_code, ranking_loss_from_rows
-            act, alpha = activation_code(model.activation, model.elu_alpha)
-            self._ref = ranking_loss_from_rows
-            self._ref_opts = dict(loss_code_=loss_code(loss), activation_code_=act, elu_alpha=alpha,
-                                  bpreg=float(bpreg), logq=float(logq), mask_accidental_hits=bool(mask_accidental_hits))
-            self._call = self._reference
-
-    def __call__(self, hidden, targets, samples, valid, log_q):
-        return self._call(hidden, targets, samples, valid, log_q)
-
-    def codes(self) -> tuple:
-        """(loss, activation, elu_alpha, bpreg, logq, mask_hits) as the compiled ops take them."""
-        from .reference_loss import activation_code, loss_code
-        act, alpha = activation_code(self.model.activation, self.model.elu_alpha)
-        o = self.opts
-        return (loss_code(o["loss"]), act, alpha, o["bpreg"], o["logq"], o["mask_accidental_hits"])
-
-    def _kernels(self, hidden, targets, samples, valid, log_q):
-        m = self.model
-        with torch._C._AutoDispatchBelowAutograd():  # no gradient is tracked: skip the ops' autograd wrappers
-            # Each distinct candidate item is gathered, scored and updated once (CPU; same loss).
-            state = self._fwd(hidden, m.Wy.detach(), m.By.detach(), targets, samples, log_q=log_q, valid=valid,
-                              unique_candidates=True, **self.opts)
-            grad_hidden, candidates, grad_w, grad_b = self._bwd(state)
-        return state.loss, grad_hidden, candidates, grad_w, grad_b
-
-    def _reference(self, hidden, targets, samples, valid, log_q):
-        # Score against the gathered candidate rows so that autograd yields row gradients directly.
-        m = self.model
-        candidates = torch.cat([targets, samples])
-        with torch.enable_grad():
-            w = m.Wy.detach().index_select(0, candidates).requires_grad_()
-            bias = m.By.detach().index_select(0, candidates).requires_grad_()
-            h = hidden.detach().requires_grad_()
-            loss = self._ref(h, w, bias, candidates, log_q=log_q, valid=valid, **self._ref_opts)
-            grad_hidden, grad_w, grad_b = torch.autograd.grad(loss, [h, w, bias])
-        return loss.detach(), grad_hidden, candidates, grad_w, grad_b
-
-
-def _dropout_mask(like: torch.Tensor, p: float) -> torch.Tensor:
-    """The mask `model.dropout` would draw (same RNG use): (u >= p) / (1 - p)."""
-    return torch.rand_like(like).ge_(p).mul_(1.0 / (1.0 - p))
-
-
-def _gru_kernels_forward(model: GRU4Rec, x, reset, hidden):
-    """Training forward through the GRU layers with the compiled ops called directly (no autograd).
-
-    Returns (top [B,H], new hidden [L,B,H], saved) where `saved` is what `_gru_kernels_backward`
-    needs. Dropout as in `GRU4Rec.hidden_forward` (same masks for the same RNG state).
-    """
-    mask_e = None
-    if model.dropout_p_embed > 0 and x.is_floating_point():
-        mask_e = _dropout_mask(x, model.dropout_p_embed)
-        x = x * mask_e
-    reset1 = reset.unsqueeze(0)
-    layers, outs = [], []
-    fwd = torch.ops.gru4rec.session_gru_forward.default
-    with torch._C._AutoDispatchBelowAutograd():
-        for i in range(len(model.layers)):
-            w = (model.gru_weight("weight_ih", i).detach(), model.gru_weight("weight_hh", i).detach(),
-                 model.gru_weight("bias_ih", i).detach(), model.gru_weight("bias_hh", i).detach())
-            inp = x.unsqueeze(0)
-            out, _, workspace = fwd(inp, reset1, hidden[i], *w, model._variant_codes[i])
-            y = out[0]
-            mask = None
-            if model.dropout_p_hidden > 0:
-                mask = _dropout_mask(y, model.dropout_p_hidden)
-                y = y * mask
-            layers.append((inp, hidden[i], w, out, workspace, mask))
-            outs.append(y)
-            x = y
-    return x, torch.stack(outs), (reset1, mask_e, layers)
-
-
-_ZEROS: dict = {}
-
-
-def _zeros_like_cached(t: torch.Tensor) -> torch.Tensor:
-    """A zero tensor shaped like `t`, made once per shape, dtype and device (never written to)."""
-    key = (tuple(t.shape), t.dtype, t.device)
-    z = _ZEROS.get(key)
-    if z is None:
-        z = _ZEROS[key] = torch.zeros_like(t)
-    return z
-
-
-def _gru_kernels_backward(model: GRU4Rec, saved, grad_top):
-    """Backward of `_gru_kernels_forward`: (grad of the layer-0 input rows or None, [grads per layer])."""
-    reset1, mask_e, layers = saved
-    bwd = torch.ops.gru4rec.session_gru_backward.default
-    grads = [None] * len(layers)
-    g = grad_top
-    with torch._C._AutoDispatchBelowAutograd():
-        for i in range(len(layers) - 1, -1, -1):
-            inp, h0, w, out, workspace, mask = layers[i]
-            if mask is not None:
-                g = g * mask
-            g_in, _, g_wih, g_whh, g_bih, g_bhh = bwd(g.unsqueeze(0).contiguous(), _zeros_like_cached(h0), inp, reset1,
-                                                      h0, *w, out, workspace, model._variant_codes[i],
-                                                      i > 0 or inp.is_floating_point(), False)
-            grads[i] = (g_wih, g_whh, g_bih, g_bhh)
-            g = g_in[0] if g_in.numel() else None
-    if g is not None and mask_e is not None:
-        g = g * mask_e
-    return g, grads
-
-
-def compute_step(model: GRU4Rec, output_loss: OutputLoss, inputs, targets, reset, valid, samples, hidden,
-                 log_q=None):
-    """Forward and backward of one training step; updates nothing.
-
-    backend "kernels": the compiled GRU and loss ops called directly, no autograd; "reference":
-    autograd through the pure-PyTorch GRU. Returns (loss [], new hidden [L,B,H] detached, dense
-    grads {name: grad} of the GRU weights, sparse {name: (indices, rows)} of the item tables).
-    """
-    x = model.input_rows(inputs)
-    leaf = x.is_floating_point()
-    gru_params = model.gru_parameters()
-    if model.backend == "kernels":
-        top, new_hidden, saved = _gru_kernels_forward(model, x, reset, hidden)
-        loss, grad_hidden, candidates, grad_w, grad_b = output_loss(top, targets, samples, valid, log_q)
-        grad_x, layer_grads = _gru_kernels_backward(model, saved, grad_hidden)
-        dense = dict(zip(gru_params, (g for layer in layer_grads for g in layer)))
-    else:
-        if leaf:
-            x.requires_grad_()
-        with torch.enable_grad():
-            top, new_hidden = model.hidden_forward(x, reset, hidden, training=True)
-        loss, grad_hidden, candidates, grad_w, grad_b = output_loss(top.detach(), targets, samples, valid, log_q)
-        wrt = ([x] if leaf else []) + list(gru_params.values())
-        grads = torch.autograd.grad(top, wrt, grad_hidden)
-        dense = dict(zip(gru_params, grads[1:] if leaf else grads))
-        grad_x = grads[0] if leaf else None
-    if valid is not None:  # epoch tail: rows without a session take no part in the updates either
-        keep = torch.isin(candidates, torch.cat([targets[valid], samples]))
-        candidates, grad_w, grad_b = candidates[keep], grad_w[keep], grad_b[keep]
-        if grad_x is not None:
-            inputs, grad_x = inputs[valid], grad_x[valid]
-    sparse = {"By": (candidates, grad_b)}
-    if model.input_mode == "shared":  # one update so a row touched twice is updated once
-        sparse["Wy"] = (torch.cat([candidates, inputs]), torch.cat([grad_w, grad_x]))
-    else:
-        sparse["Wy"] = (candidates, grad_w)
-        if model.input_mode == "embedding":
-            sparse["E"] = (inputs, grad_x)
-    return loss, new_hidden.detach(), dense, sparse
+__all__ = ["Trainer", "train", "LOSSES", "OutputLoss", "compute_step", "LOG_EVERY", "CHECKPOINT_NAME"]
 
 
 class Trainer:
@@ -210,6 +44,10 @@ class Trainer:
     `gru4rec::train_step_` call; False runs the same sequence of ops from Python (same weights).
     At an epoch's tail the batch keeps B rows with a valid mask instead of shrinking (the authors
     shrink it); the empty rows take no part in the loss, as negatives, or in the updates.
+    `on_epoch_end(epoch, result)`, when given, is called in `fit()` after each epoch (1-based
+    `epoch`, `result` the epoch's history entry, before its checkpoint and JSON are written, so
+    entries it adds to `result` are kept); an exception it raises stops training and propagates
+    out of `fit()` (`gru4rec_ext.tuning` evaluates and prunes there).
     """
 
     def __init__(self, model: GRU4Rec, train_data, *, n_epochs: int = 10, batch_size: int = 32,
@@ -218,7 +56,7 @@ class Trainer:
                  momentum: float = 0.0, mask_accidental_hits: bool = False, shuffle: bool = False, seed: int = 0,
                  device=None, progress: bool = True, eval_data=None, checkpoint_dir=None, resume: bool = False,
                  log_json=None, item_map=None, config: dict | None = None, eval_batch_size: int = 512,
-                 cutoffs=(1, 5, 10, 20), tie_modes=("standard",)):
+                 cutoffs=(1, 5, 10, 20), tie_modes=("standard",), on_epoch_end=None):
         if not isinstance(model, GRU4Rec):
             raise TypeError(f"model must be a GRU4Rec, got {type(model).__name__}")
         if loss not in LOSSES:
@@ -251,6 +89,9 @@ class Trainer:
         self.eval_batch_size, self.cutoffs, self.tie_modes = int(eval_batch_size), tuple(cutoffs), tuple(tie_modes)
         self.history: list[dict] = []
         self.start_epoch = 0
+        if on_epoch_end is not None and not callable(on_epoch_end):
+            raise TypeError(f"on_epoch_end must be callable, got {type(on_epoch_end).__name__}")
+        self.on_epoch_end = on_epoch_end
 
         torch.manual_seed(self.seed)
         self.model.to(self.device)
@@ -264,8 +105,13 @@ class Trainer:
         sparse = {"Wy": model.Wy, "By": model.By}
         if model.E is not None:
             sparse["E"] = model.E
-        self.optimizer = AdagradM(model.gru_parameters(), sparse, self.learning_rate, self.momentum,
-                                  sparse_kernel=None if model.backend == "kernels" else False)
+        dense = model.gru_parameters()
+        # One-hot input: layer 0's weight_ih [3H, N] is updated on the columns of the step's items only
+        # (its gradient comes row-sparse, as the item tables'; the authors update it so too).
+        columns = ["weight_ih_l0"] if model.input_mode == "onehot" else []
+        sparse.update({n: dense.pop(n) for n in columns})
+        self.optimizer = AdagradM(dense, sparse, self.learning_rate, self.momentum,
+                                  sparse_kernel=None if model.backend == "kernels" else False, sparse_columns=columns)
         self.output_loss = OutputLoss(model, loss=loss, bpreg=bpreg, logq=logq,
                                       mask_accidental_hits=mask_accidental_hits)
         # CPU with the kernels: each step is one call of gru4rec::train_step_ (fused_step=False: the
@@ -274,20 +120,6 @@ class Trainer:
                            and _extension.has_kernel("train_step_", "CPU"))
         if self.resume:
             self._resume()
-
-    def _fused_step_args(self) -> tuple:
-        """The arguments of `gru4rec::train_step_` that stay the same from step to step."""
-        m, opt, sampler = self.model, self.optimizer, self.sampler
-        names = ["Wy", "By"] + (["E"] if m.E is not None else [])
-        gru_names = list(m.gru_parameters())
-        params = {**m.gru_parameters(), "Wy": m.Wy, "By": m.By, "E": m.E}
-        mom = (lambda n: [opt.mom[x] for x in n]) if self.momentum > 0 else (lambda n: [])
-        log_q_tables = tuple(t.to(m.Wy.dtype) for t in sampler.log_q_tables()) if self.logq > 0 else (None, None)
-        return (*log_q_tables,
-                [params[n].detach() for n in names], [opt.acc[n] for n in names], mom(names),
-                [params[n].detach() for n in gru_names], [opt.acc[n] for n in gru_names], mom(gru_names),
-                list(m._variant_codes), _INPUT_MODES[m.input_mode], m.dropout_p_embed, m.dropout_p_hidden,
-                *self.output_loss.codes(), self.learning_rate, self.momentum, opt.eps)
 
     def _check_kernels(self) -> None:
         """backend "kernels" calls the compiled ops directly: they must exist for the device."""
@@ -311,106 +143,41 @@ class Trainer:
                 "learning_rate": self.learning_rate, "momentum": self.momentum,
                 "mask_accidental_hits": self.mask_accidental_hits, "shuffle": self.shuffle, "seed": self.seed}
 
-    # ----- checkpoints ------------------------------------------------------------------------
-    def _rng_state(self) -> dict:
-        state = {"torch": torch.get_rng_state(), "sampler": self.sampler.state_dict()}
-        if self.device.type == "cuda":
-            state["cuda"] = torch.cuda.get_rng_state(self.device)
-        return state
-
+    # ----- checkpoints (train_state.py) --------------------------------------------------------
     def _save(self, epoch: int) -> None:
-        from .checkpoint import save_checkpoint
-        os.makedirs(self.checkpoint_dir, exist_ok=True)
-        config = {**self.config, **self.training_config()}
-        save_checkpoint(os.path.join(self.checkpoint_dir, CHECKPOINT_NAME), self.model, self.optimizer, config,
-                        self.item_map, epoch, {"rng": self._rng_state(), "history": self.history})
+        save_training_checkpoint(self.checkpoint_dir, self.model, self.optimizer, self.sampler,
+                                 config={**self.config, **self.training_config()}, item_map=self.item_map,
+                                 epoch=epoch, history=self.history, device=self.device)
 
     def _resume(self) -> None:
-        from .checkpoint import read_checkpoint
-        path = os.path.join(self.checkpoint_dir, CHECKPOINT_NAME)
-        if not os.path.exists(path):
-            logger.info("no checkpoint at %s: starting from epoch 1", path)
-            return
-        ckpt = read_checkpoint(path)
-        if ckpt["model_config"]["n_items"] != self.model.n_items:
-            raise ValueError(f"checkpoint {path} has {ckpt['model_config']['n_items']} items, the model "
-                             f"{self.model.n_items}")
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        rng = ckpt["extra"]["rng"]
-        torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and self.device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"], self.device)
-        self.sampler.load_state_dict(rng["sampler"])
-        self.history = list(ckpt["extra"].get("history", []))
-        self.start_epoch = int(ckpt["epoch"])
-        logger.info("resumed from %s after epoch %d", path, self.start_epoch)
+        resumed = resume_training(self.checkpoint_dir, self.model, self.optimizer, self.sampler, self.device)
+        if resumed is not None:
+            self.start_epoch, self.history = resumed
 
-    # ----- the loop ---------------------------------------------------------------------------
-    def _schedule(self, epoch: int):
-        from .batching import build_schedule
-        sched = build_schedule(self.data, self.batch_size, shuffle=self.shuffle, seed=self.seed + epoch)
-        full = sched.valid.all(dim=1).tolist()  # host side, once per epoch: steps with no masked row
-        return sched.to(self.device), full
+    # ----- the loop (train_loop.py, train_step.py) ---------------------------------------------
+    def make_step(self) -> TrainStep:
+        """The training step of this configuration (fused when `fused_step`), as `run_epoch` calls it."""
+        return TrainStep(self.model, self.optimizer, self.sampler, self.output_loss, n_sample=self.n_sample,
+                         logq=self.logq, learning_rate=self.learning_rate, momentum=self.momentum,
+                         fused=self.fused_step)
 
     def run_epoch(self, epoch: int, max_steps: int | None = None) -> dict:
         """Train one epoch (0-based `epoch`), or its first `max_steps` steps (benchmarks).
 
         Returns {"epoch", "loss", "events_per_s", "seconds", "steps", "events"}; events are the
-        valid training pairs of the steps run, loss the mean batch loss.
+        valid training pairs of the steps run, loss the mean batch loss. On the CPU with the kernels
+        the steps run on the kernels' own threads, torch's ops on one (gru4rec_ext.threads).
         """
-        from tqdm.auto import tqdm
-        model, opt, sampler = self.model, self.optimizer, self.sampler
+        from .batching import build_schedule
         t0 = time.perf_counter()
-        sched, full = self._schedule(epoch)
-        n_steps = sched.inputs.shape[0] if max_steps is None else min(int(max_steps), sched.inputs.shape[0])
-        n_events = sched.n_pairs if n_steps == sched.inputs.shape[0] else int(sum(
-            self.batch_size if full[s] else int(sched.valid[s].sum()) for s in range(n_steps)))
-        hidden = model.init_hidden(self.batch_size, self.device)
-        loss_sum = torch.zeros((), device=self.device)
-        window = torch.zeros((), device=self.device)
-        use_logq = self.logq > 0
-        dtype = model.Wy.dtype  # the sampler's log q tables are float32
-        k = self.n_sample
-        inputs_all, targets_all, reset_all, valid_all = sched.inputs, sched.targets, sched.reset, sched.valid
-        bar = tqdm(total=n_steps, disable=not self.progress, desc=f"epoch {epoch + 1}/{self.n_epochs}",
-                   unit="step", leave=False)
-        last_t, last_s = t0, 0
-        fused = self._fused_step_args() if self.fused_step else None
-        for s in range(n_steps):
-            inputs, targets = inputs_all[s], targets_all[s]
-            samples = sampler.draw(k)
-            if fused is not None:  # the whole step in one compiled call (same sequence as below)
-                loss, hidden = _TRAIN_STEP(inputs, targets, reset_all[s], None if full[s] else valid_all[s], samples,
-                                           *fused[:2], hidden, *fused[2:])
-            else:
-                log_q = sampler.log_q(targets, samples).to(dtype) if use_logq else None
-                loss, hidden, dense, sparse = compute_step(model, self.output_loss, inputs, targets, reset_all[s],
-                                                           None if full[s] else valid_all[s], samples, hidden, log_q)
-                opt.step_dense(list(dense.values()))
-                for name, (idx, rows) in sparse.items():
-                    opt.step_sparse(name, idx, rows)
-            window += loss
-            if (s + 1) % LOG_EVERY == 0 or s + 1 == n_steps:
-                w = float(window)  # the one host read, every LOG_EVERY steps
-                loss_sum += window
-                window.zero_()
-                now = time.perf_counter()
-                rate = (s + 1 - last_s) * self.batch_size / max(now - last_t, 1e-9)
-                bar.set_postfix(loss=f"{w / (s + 1 - last_s):.4f}", ev_s=f"{rate:,.0f}")
-                bar.update(s + 1 - last_s)
-                last_t, last_s = now, s + 1
-                if not math.isfinite(w):
-                    bar.close()
-                    raise FloatingPointError(f"training loss became {w} in epoch {epoch + 1} at step {s + 1}")
-        bar.close()
-        seconds = time.perf_counter() - t0
-        result = {"epoch": epoch + 1, "loss": float(loss_sum) / max(n_steps, 1),
-                  "events_per_s": n_events / max(seconds, 1e-9), "seconds": seconds, "steps": n_steps,
-                  "events": n_events}
-        logger.info("epoch %d/%d: loss %.4f, %.0f events/s, %.1f s", epoch + 1, self.n_epochs, result["loss"],
-                    result["events_per_s"], seconds)
-        return result
+        # The ids are checked here, once per epoch on the host, so that no step checks (or syncs for) them.
+        schedule = build_schedule(self.data, self.batch_size, shuffle=self.shuffle, seed=self.seed + epoch,
+                                  n_items=self.model.n_items)
+        threads = (cpu_training_threads() if self.device.type == "cpu" and self.model.backend == "kernels"
+                   else contextlib.nullcontext())
+        with threads:
+            return run_epoch(self.make_step(), schedule, self.model.init_hidden(self.batch_size, self.device),
+                             epoch=epoch, n_epochs=self.n_epochs, max_steps=max_steps, progress=self.progress, t0=t0)
 
     def fit(self) -> dict:
         """Train the remaining epochs (checkpointing each), evaluate on eval_data; returns the summary."""
@@ -418,10 +185,12 @@ class Trainer:
         summary = {"config": {**self.config, **self.training_config()}, "epochs": self.history}
         for epoch in range(self.start_epoch, self.n_epochs):
             self.history.append(self.run_epoch(epoch))
+            if self.on_epoch_end is not None:  # e.g. validation for early stopping / tuning (see Trainer)
+                self.on_epoch_end(epoch + 1, self.history[-1])
             if self.checkpoint_dir is not None:
                 self._save(epoch + 1)
             if self.log_json is not None:  # per-epoch progress survives an interrupted run
-                self._write_json(summary)
+                write_json(self.log_json, summary)
         self.model.eval()
         if self.eval_data is not None:
             from .evaluate import evaluate
@@ -432,18 +201,10 @@ class Trainer:
             summary["metrics"] = metrics
             # One line here; the table is `format_metrics(summary["metrics"])` (the CLI prints it).
             logger.info("evaluation (%d cases, %.1f s): %s", metrics.get("n_cases", -1), summary["eval_seconds"],
-                        _headline(metrics))
+                        headline(metrics))
         if self.log_json is not None:
-            self._write_json(summary)
+            write_json(self.log_json, summary)
         return summary
-
-    def _write_json(self, summary: dict) -> None:
-        folder = os.path.dirname(os.path.abspath(self.log_json))
-        os.makedirs(folder, exist_ok=True)
-        tmp = self.log_json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(summary, f, indent=2, default=float)
-        os.replace(tmp, self.log_json)
 
 
 def train(model: GRU4Rec, train_data, *, n_epochs: int = 10, batch_size: int = 32, n_sample: int = 2048,
@@ -468,14 +229,3 @@ def train(model: GRU4Rec, train_data, *, n_epochs: int = 10, batch_size: int = 3
                    learning_rate=learning_rate, momentum=momentum, mask_accidental_hits=mask_accidental_hits,
                    shuffle=shuffle, seed=seed, device=device, progress=progress, eval_data=eval_data,
                    checkpoint_dir=checkpoint_dir, resume=resume, log_json=log_json, **kwargs).fit()
-
-
-def _headline(metrics: dict) -> str:
-    """Recall and MRR at the largest cutoff for each tie mode, on one line."""
-    parts = []
-    for mode, values in metrics.items():
-        if isinstance(values, dict) and values:
-            cut = max(int(k.split("@")[1]) for k in values if "@" in k)
-            parts.append(f"{mode}: recall@{cut} {values.get(f'recall@{cut}', float('nan')):.4f}, "
-                         f"mrr@{cut} {values.get(f'mrr@{cut}', float('nan')):.4f}")
-    return "; ".join(parts)

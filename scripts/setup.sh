@@ -12,7 +12,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PY="$VENV/bin/python"
 "$PY" -m pip install -q --disable-pip-version-check "$TORCH_SPEC" numpy pandas pyarrow tqdm matplotlib \
-  pybind11 ninja pytest setuptools wheel
+  optuna pybind11 ninja pytest setuptools wheel
 if [ -z "${FORCE_CUDA:-}" ]; then
   if command -v nvcc >/dev/null 2>&1 && "$PY" -c 'import sys, torch; sys.exit(torch.version.cuda is None)'; then
     export FORCE_CUDA=1

@@ -33,3 +33,13 @@ def test_cuda_kernels_registered_when_built(op):
 def test_build_info_matches_torch():
     info = ext.build_info()
     assert info["torch_version"].split("+")[0] == torch.__version__.split("+")[0]
+
+
+def test_emulation_module_built():
+    """gru4rec_ext._cuda_emu (the CUDA kernels under the host emulation) is built by default."""
+    if os.environ.get("GRU4REC_NO_EMU"):
+        pytest.skip("GRU4REC_NO_EMU=1: the emulation module is not built")
+    from gru4rec_ext import _cuda_emu
+    for op in OPS:
+        assert op in _cuda_emu.ops
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"gru4rec_emu::{op}", "CPU"), op

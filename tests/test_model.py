@@ -91,7 +91,9 @@ def _dense_grads(model, dense, sparse):
     out = {k: v.clone() for k, v in dense.items()}
     for name, (idx, rows) in sparse.items():
         p = getattr(model, name)
-        out[name] = torch.zeros_like(p).index_add_(0, idx, rows)
+        live = idx >= 0  # -1: rows the step does not update (epoch tail)
+        dim = 1 if name.startswith("weight_ih") else 0  # one-hot input: the columns of weight_ih [3H, N]
+        out[name] = torch.zeros_like(p).index_add_(dim, idx[live], rows[live].t() if dim else rows[live])
     return out
 
 

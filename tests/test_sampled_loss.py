@@ -10,7 +10,7 @@ from gru4rec_ext.nn_loss import SampledRankingLoss
 from gru4rec_ext.ops import sampled_loss as sl
 from gru4rec_ext.ops.sampled_loss import (sampled_loss_backward, sampled_loss_forward,
                                           sampled_ranking_loss)
-from gru4rec_ext.reference_loss import sampled_ranking_loss_reference
+from gru4rec_ext.reference_loss import ranking_loss_from_rows, sampled_ranking_loss_reference
 
 LOSSES = ["bpr", "top1", "bpr-max", "top1-max", "cross-entropy"]
 ACTIVATIONS = ["linear", "tanh", "elu-0.5"]
@@ -193,16 +193,70 @@ def test_module(device):
         SampledRankingLoss("hinge")
 
 
-@pytest.mark.skipif(not CUDA, reason="no CUDA device")
+@pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("loss", LOSSES)
-def test_bfloat16_cuda(loss):
-    inputs = make_inputs(64, 512, 32, 400, device="cuda", seed=8)
-    opts = options(loss, "tanh", True, inputs)
-    ours, ours_g = loss_and_grads(sampled_ranking_loss, inputs, opts, dtype=torch.bfloat16)
-    ref, ref_g = loss_and_grads(sampled_ranking_loss_reference, inputs, opts, dtype=torch.float64)
+def test_bfloat16(device, loss, activation):
+    """bf16 kernels (float arithmetic) against the float64 reference on the same bf16 values."""
+    inputs = make_inputs(64, 512, 32, 400, device=device, seed=8)
+    low = {k: v.bfloat16() if v.is_floating_point() else v for k, v in inputs.items()}
+    opts = options(loss, activation, True, low)
+    ours, ours_g = loss_and_grads(sampled_ranking_loss, low, opts)
+    assert ours.dtype == torch.bfloat16 and all(g.dtype == torch.bfloat16 for g in ours_g)
+    ref, ref_g = loss_and_grads(sampled_ranking_loss_reference, low, opts, dtype=torch.float64)
     assert rel_err(ours, ref) < 2e-2
     for a, b in zip(ours_g, ref_g):
         assert rel_err(a, b) < 5e-2
+
+
+def elu_far_below_zero_case(device="cpu"):
+    """Cross-entropy over elu scores from -30 to 2: the op's arguments (float32) and the float64
+    reference dL/dweight_rows [C,H]. hidden's rows are unit vectors, so entry (j, b) of the row
+    gradients is dL/dS[b, j] = g * alpha exp(S[b, j]) below 0: 2e-9 at -20, where alpha + r
+    (r = alpha expm1(x) = -alpha in float) is 0."""
+    scores = torch.tensor([[-20.0, 2.0, -18.0, -25.0, 0.5, -30.0],
+                           [1.0, -19.0, 0.3, -22.0, -17.5, 0.2]], dtype=torch.float64)
+    B, N, H = 2, 6, 4
+    weight = torch.zeros(N, H, dtype=torch.float64)
+    weight[:, :B] = scores.t()
+    hidden = torch.eye(B, H, dtype=torch.float64)
+    bias = torch.zeros(N, dtype=torch.float64)
+    cands = torch.arange(N)  # targets 0, 1; samples 2..5
+    rows = weight[cands].requires_grad_()
+    loss = ranking_loss_from_rows(hidden, rows, bias[cands], cands, loss_code_=4, activation_code_=2,
+                                  elu_alpha=0.7, bpreg=0.0, logq=0.0)
+    ref_rows = torch.autograd.grad(loss, rows)[0]
+    tensors = [t.float().to(device) for t in (hidden, weight, bias)] + [cands.to(device), None, None]
+    return tensors, [4, 2, 0.7, 0.0, 0.0, False], ref_rows
+
+
+def assert_rows_close_elementwise(grad_rows, ref_rows):
+    ours = grad_rows.double().cpu()
+    assert ((ours - ref_rows).abs() <= 1e-4 * ref_rows.abs()).all(), (ours, ref_rows)
+
+
+def test_elu_gradient_far_below_zero(device):
+    """elu'(x) = alpha exp(x), computed as such: every dL/dS keeps its digits down to x = -30."""
+    tensors, scalars, ref_rows = elu_far_below_zero_case(device)
+    _, ws = torch.ops.gru4rec.sampled_loss_forward(*tensors, *scalars)
+    one = torch.ones((), device=device)
+    _, grad_rows, _ = torch.ops.gru4rec.sampled_loss_backward(one, *tensors, *scalars, ws)
+    assert_rows_close_elementwise(grad_rows, ref_rows)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float8_e4m3fn])
+@pytest.mark.parametrize("where", ["kernel", "fake"])
+def test_half_and_float8_rejected(device, dtype, where):
+    """Half and float8 are refused naming hidden, by the kernels and the fake kernels alike."""
+    on = "meta" if where == "fake" else device
+    inputs = make_inputs(4, 6, 3, 10, device="cpu")
+    h, w, b = (inputs[k].to(on, dtype) for k in ("hidden", "weight", "bias"))
+    cands = torch.cat((inputs["targets"], inputs["samples"])).to(on)
+    scalars = (0, 0, 1.0, 0.0, 0.0, False)
+    with pytest.raises(RuntimeError, match="hidden has dtype"):
+        torch.ops.gru4rec.sampled_loss_forward(h, w, b, cands, None, None, *scalars)
+    with pytest.raises(RuntimeError, match="hidden has dtype"):
+        torch.ops.gru4rec.sampled_loss_backward(torch.ones((), device=on), h, w, b, cands, None,
+                                                None, *scalars, h.new_empty(34))
 
 
 # ---- bad input: clear errors naming the argument ----

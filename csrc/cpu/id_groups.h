@@ -8,6 +8,7 @@ namespace gru4rec {
 // ids [M] in [0, N) -> groups of equal ids in order of first appearance: first[g] is the first
 // position of group g, group[i] the group of position i, next[i] the next position with the same
 // id (or -1), so following next from first[g] visits a group's positions in ascending order.
+// Negative ids belong to no group (group[i] = -1): the sparse update skips them.
 // Uses a per-thread table over [0, N) that is all -1 between calls (only touched entries are
 // reset); it keeps the largest N seen (4 bytes per id).
 struct IdGroups {
@@ -25,6 +26,10 @@ struct IdGroups {
     group.resize(M);
     for (int64_t i = 0; i < M; ++i) {
       const int64_t r = ids[i];
+      if (r < 0) {
+        group[i] = -1;
+        continue;
+      }
       int32_t s = slot[r];
       if (s < 0) {
         s = slot[r] = static_cast<int32_t>(first.size());

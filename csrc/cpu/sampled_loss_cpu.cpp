@@ -1,8 +1,10 @@
 // CPU kernels of gru4rec::sampled_loss_forward/backward: the score GEMM and the backward GEMMs go
 // through ATen (BLAS); the fused per-row pass (activation, loss terms, reductions, dL/dscore) is
-// here, parallel over rows with at::parallel_for, float and double.
+// here, parallel over rows (cpu::parallel_for): float, double, and bfloat16 (whose rows are
+// converted to float, computed in float, and rounded once when dL/dscore is written back).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -21,6 +23,7 @@
 #endif
 
 #include "cpu/cpu_isa.h"
+#include "cpu/thread_pool.h"
 #include "loss_math.h"
 
 namespace gru4rec {
@@ -344,21 +347,24 @@ GRU4REC_ROWS_INLINE inline bool row_loss_grad(const acc_t* __restrict__ r, const
 // The fused row pass: S [B,U] raw scores in, dL/dS (scaled by 1/B) out in place; cols [C] (the
 // gathered row of each loss column) or null (then U = C and column j is row j); cand [U] int64,
 // log_q [C] or null, valid [B] or null (an invalid row has no loss and its target column is no
-// negative), row_loss [B] (scaled). With cols, a row's columns are gathered from S first and their
-// gradients summed back per gathered row (in column order).
-template <int kLoss, typename scalar_t>
+// negative), row_loss [B] (scaled, accumulation type). With cols, a row's columns are gathered
+// from S first and their gradients summed back per gathered row (in column order). bfloat16 rows
+// are gathered into float (acc_t) buffers and written back once.
+template <int kLoss, typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
 void row_pass_cpu(scalar_t* S, const int64_t* cols, const int64_t* cand, const scalar_t* log_q,
-                  const bool* valid, int64_t B, int64_t C, int64_t U, const lm::LossParams<scalar_t>& p,
-                  scalar_t* row_loss) {
-  using acc_t = scalar_t;
+                  const bool* valid, int64_t B, int64_t C, int64_t U, const lm::LossParams<acc_t>& p,
+                  acc_t* row_loss) {
+  constexpr bool kSame = std::is_same_v<scalar_t, acc_t>;  // float, double: work in place
+  const bool gather = cols != nullptr || !kSame;
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(C, 1));
   bool all_valid = true;
   for (int64_t b = 0; valid && b < B; ++b) all_valid = all_valid && valid[b];
   // Otherwise every column but the row's own is a negative (cross-entropy then skips the selects).
   const bool need_nm = p.loss != lm::kCrossEntropy || p.mask_hits || !all_valid;
-  at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
+  cpu::parallel_for(B, grain, [&](int64_t begin, int64_t end) {
     RowScratch<acc_t> s(C);
-    std::vector<acc_t> r(C), g(C), nm(C), shift(log_q ? C : 0), xs(cols ? C : 0), ds(cols ? C : 0);
+    std::vector<acc_t> r(C), g(C), nm(C), shift(log_q ? C : 0), xs(gather ? C : 0),
+        ds(gather ? C : 0), du(cols && !kSame ? U : 0);
     if (log_q)
       for (int64_t j = 0; j < C; ++j) shift[j] = p.logq * acc_t(log_q[j]);
     // The rows [b0, b1), compiled for the baseline ISA and for AVX2+FMA (run_best picks one).
@@ -370,10 +376,13 @@ void row_pass_cpu(scalar_t* S, const int64_t* cols, const int64_t* cand, const s
         row_loss[b] = 0;
         continue;
       }
-      const scalar_t* x = row;  // the row's raw scores, one per column
+      const acc_t* x = xs.data();  // the row's raw scores, one per column
       if (cols) {
-        for (int64_t j = 0; j < C; ++j) xs[j] = row[cols[j]];
-        x = xs.data();
+        for (int64_t j = 0; j < C; ++j) xs[j] = acc_t(row[cols[j]]);
+      } else if constexpr (kSame) {
+        x = row;
+      } else {
+        for (int64_t j = 0; j < C; ++j) xs[j] = acc_t(row[j]);
       }
       const int64_t target = cand[cols ? cols[b] : b];
       int64_t ns = C - 1;
@@ -400,22 +409,37 @@ void row_pass_cpu(scalar_t* S, const int64_t* cols, const int64_t* cand, const s
         row_loss[b] = 0;
         continue;
       }
-      // dL/dS = dL/dr act'(S): tanh' = 1 - r^2, elu' = 1 above 0, else alpha exp(x) = r + alpha.
-      scalar_t* out = cols ? ds.data() : row;  // without cols, x and out are the same row
+      // dL/dS = dL/dr act'(S): tanh' = 1 - r^2, elu' = 1 above 0, else alpha exp(x) (computed
+      // as such: r + alpha = alpha (expm1(x) + 1) loses every digit below x ~ -17 in float).
+      acc_t* out = ds.data();  // without cols (float, double), x and out are the same row
+      if constexpr (kSame) {
+        if (!cols) out = row;
+      }
       const acc_t scale = p.scale, alpha = p.elu_alpha;
       if (p.activation == lm::kLinear) {
         for (int64_t j = 0; j < C; ++j) out[j] = g[j] * scale;
       } else if (p.activation == lm::kTanh) {
         for (int64_t j = 0; j < C; ++j) out[j] = g[j] * (acc_t(1) - r[j] * r[j]) * scale;
       } else {
+        acc_t* e = s.a;  // scratch: free once row_loss_grad has returned
+        for (int64_t j = 0; j < C; ++j) e[j] = x[j] > acc_t(0) ? acc_t(0) : x[j];
+        exp_array(e, e, C);
         for (int64_t j = 0; j < C; ++j) {
           const acc_t above = static_cast<acc_t>(x[j] > acc_t(0));  // branch-free select
-          out[j] = g[j] * (above + (acc_t(1) - above) * (r[j] + alpha)) * scale;
+          out[j] = g[j] * (above + (acc_t(1) - above) * alpha * e[j]) * scale;
         }
       }
       if (cols) {
-        std::fill(row, row + U, scalar_t(0));
-        for (int64_t j = 0; j < C; ++j) row[cols[j]] += ds[j];
+        if constexpr (kSame) {
+          std::fill(row, row + U, scalar_t(0));
+          for (int64_t j = 0; j < C; ++j) row[cols[j]] += ds[j];
+        } else {
+          std::fill(du.begin(), du.end(), acc_t(0));
+          for (int64_t j = 0; j < C; ++j) du[cols[j]] += ds[j];
+          for (int64_t u = 0; u < U; ++u) row[u] = scalar_t(du[u]);
+        }
+      } else if constexpr (!kSame) {
+        for (int64_t j = 0; j < C; ++j) row[j] = scalar_t(ds[j]);
       }
       row_loss[b] = loss * scale;
     }
@@ -431,8 +455,9 @@ std::tuple<at::Tensor, at::Tensor> sampled_loss_forward_cpu(
     double bpreg, double logq, bool mask_hits, const std::optional<at::Tensor>& columns) {
   const SampledLossDims d = check_sampled_loss_args(hidden, weight, bias, candidates, log_q, valid,
                                                     loss, activation, logq, columns, /*check_ids=*/true);
-  TORCH_CHECK(hidden.scalar_type() == at::kFloat || hidden.scalar_type() == at::kDouble,
-              "sampled_loss (CPU): hidden must be float32 or float64, got ", hidden.scalar_type());
+  const auto dtype = hidden.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16,
+              "sampled_loss (CPU): hidden must be float32, float64 or bfloat16, got ", dtype);
   const at::Tensor h = hidden.contiguous();
   at::Tensor workspace = sampled_loss_scores(h, weight, bias, candidates, d);
   at::Tensor scores = workspace_grad_scores(workspace, d);
@@ -441,21 +466,23 @@ std::tuple<at::Tensor, at::Tensor> sampled_loss_forward_cpu(
   const at::Tensor lq = use_logq ? log_q->contiguous() : at::Tensor();
   const at::Tensor vd = (valid.has_value() && valid->defined()) ? valid->contiguous() : at::Tensor();
   const at::Tensor cols = (columns.has_value() && columns->defined()) ? columns->contiguous() : at::Tensor();
-  at::Tensor row_loss = at::empty({d.B}, hidden.options());
-  AT_DISPATCH_FLOATING_TYPES(hidden.scalar_type(), "sampled_loss_forward_cpu", [&] {
-    const lm::LossParams<scalar_t> p{loss,
-                                     activation,
-                                     scalar_t(elu_alpha),
-                                     scalar_t(bpreg),
-                                     scalar_t(logq),
-                                     mask_hits,
-                                     scalar_t(1.0 / static_cast<double>(d.B))};
+  const auto acc_dtype = at::toOpMathType(dtype);
+  at::Tensor row_loss = at::empty({d.B}, hidden.options().dtype(acc_dtype));
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dtype, "sampled_loss_forward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const lm::LossParams<acc_t> p{loss,
+                                  activation,
+                                  acc_t(elu_alpha),
+                                  acc_t(bpreg),
+                                  acc_t(logq),
+                                  mask_hits,
+                                  acc_t(1.0 / static_cast<double>(d.B))};
     // One instantiation per loss keeps each fused row pass small enough to optimise well.
     const auto run = [&](auto loss_tag) {
       row_pass_cpu<decltype(loss_tag)::value, scalar_t>(
           scores.data_ptr<scalar_t>(), cols.defined() ? cols.data_ptr<int64_t>() : nullptr,
           cand.data_ptr<int64_t>(), use_logq ? lq.data_ptr<scalar_t>() : nullptr,
-          vd.defined() ? vd.data_ptr<bool>() : nullptr, d.B, d.C, d.U, p, row_loss.data_ptr<scalar_t>());
+          vd.defined() ? vd.data_ptr<bool>() : nullptr, d.B, d.C, d.U, p, row_loss.data_ptr<acc_t>());
     };
     switch (loss) {
       case lm::kBPR: run(std::integral_constant<int, lm::kBPR>{}); break;
@@ -465,7 +492,8 @@ std::tuple<at::Tensor, at::Tensor> sampled_loss_forward_cpu(
       default: run(std::integral_constant<int, lm::kCrossEntropy>{}); break;
     }
   });
-  return {row_loss.sum(), workspace};
+  at::Tensor total = row_loss.sum();
+  return {dtype == acc_dtype ? total : total.to(dtype), workspace};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sampled_loss_backward_cpu(

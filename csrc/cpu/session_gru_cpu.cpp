@@ -1,7 +1,10 @@
 // CPU kernels of gru4rec::session_gru_forward/backward: one fused elementwise pass per step
 // (parallel over rows, vectorised over hidden units); products go through ATen (BLAS).
+// float32, float64 and bfloat16; arithmetic and the workspace in at::opmath_type<scalar_t>
+// (float for bfloat16), as in the CUDA kernels.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -12,6 +15,7 @@
 #pragma GCC optimize("no-trapping-math")
 
 #include "cpu/cpu_isa.h"
+#include "cpu/thread_pool.h"
 #include "gru_math.h"
 #include "session_gru.h"
 
@@ -24,7 +28,7 @@ int64_t row_grain(int64_t H) { return std::max<int64_t>(1, 16384 / std::max<int6
 // Runs rows(b0, b1) over [0, B) in parallel chunks.
 template <class F>
 void parallel_rows(int64_t B, int64_t H, const F& rows) {
-  at::parallel_for(0, B, row_grain(H), [&](int64_t b0, int64_t b1) { run_best(rows, b0, b1); });
+  cpu::parallel_for(B, row_grain(H), [&](int64_t b0, int64_t b1) { run_best(rows, b0, b1); });
 }
 
 // Zeros that reset rows read in place of their previous state and recurrent product: a pointer
@@ -52,6 +56,7 @@ inline const scalar_t* gi_row(const FwdStep& s, int64_t b, int64_t& stride) {
 // cudnn forward step: gi [B,3H] or weight_ih [3H,N]+ids [B], gh [B,3H], hprev [B,H] -> out/h_n [B,H], ws [B,4H].
 template <typename scalar_t, bool kIds>
 void forward_cudnn_kernel(const FwdStep& s) {
+  using acc_t = at::opmath_type<scalar_t>;
   const int64_t H = s.H;
   const std::vector<scalar_t> zeros = zero_row<scalar_t>(H);
   const scalar_t* bi = cp<scalar_t>(s.b_ih);
@@ -64,20 +69,20 @@ void forward_cudnn_kernel(const FwdStep& s) {
       const scalar_t* gh = keep ? cp<scalar_t>(s.gh) + b * 3 * H : zeros.data();
       const scalar_t* hprev = keep ? cp<scalar_t>(s.hprev) + b * H : zeros.data();
       scalar_t* out = mp<scalar_t>(s.out) + b * H;
-      scalar_t* ws = mp<scalar_t>(s.ws) + b * 4 * H;
+      acc_t* ws = mp<acc_t>(s.ws) + b * 4 * H;
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
-        const scalar_t hp = hprev[j];
-        const scalar_t gr = gh[j];
-        const scalar_t gz = gh[H + j];
-        const scalar_t gn = gh[2 * H + j];
-        const scalar_t a_r = gi[j * st] + bi[j] + gr + bh[j];
-        const scalar_t a_z = gi[(H + j) * st] + bi[H + j] + gz + bh[H + j];
-        const scalar_t a_n = gi[(2 * H + j) * st] + bi[2 * H + j];
-        const scalar_t hn = gn + bh[2 * H + j];
-        scalar_t r, z, n, h;
+        const acc_t hp = acc_t(hprev[j]);
+        const acc_t gr = acc_t(gh[j]);
+        const acc_t gz = acc_t(gh[H + j]);
+        const acc_t gn = acc_t(gh[2 * H + j]);
+        const acc_t a_r = acc_t(gi[j * st]) + acc_t(bi[j]) + gr + acc_t(bh[j]);
+        const acc_t a_z = acc_t(gi[(H + j) * st]) + acc_t(bi[H + j]) + gz + acc_t(bh[H + j]);
+        const acc_t a_n = acc_t(gi[(2 * H + j) * st]) + acc_t(bi[2 * H + j]);
+        const acc_t hn = gn + acc_t(bh[2 * H + j]);
+        acc_t r, z, n, h;
         cudnn_forward(a_r, a_z, a_n, hn, hp, r, z, n, h);
-        out[j] = h;
+        out[j] = scalar_t(h);
         ws[j] = r;
         ws[H + j] = z;
         ws[2 * H + j] = n;
@@ -91,6 +96,7 @@ void forward_cudnn_kernel(const FwdStep& s) {
 // gru4rec gates step: gi as above, gh [B,2H] = h W_hh[:2H]^T -> ws [B,4H] r, z and r*h.
 template <typename scalar_t, bool kIds>
 void forward_gru4rec_gates_kernel(const FwdStep& s) {
+  using acc_t = at::opmath_type<scalar_t>;
   const int64_t H = s.H;
   const std::vector<scalar_t> zeros = zero_row<scalar_t>(H);
   const scalar_t* bi = cp<scalar_t>(s.b_ih);
@@ -102,15 +108,15 @@ void forward_gru4rec_gates_kernel(const FwdStep& s) {
       const bool keep = !s.reset[b];
       const scalar_t* gh = keep ? cp<scalar_t>(s.gh) + b * 2 * H : zeros.data();
       const scalar_t* hprev = keep ? cp<scalar_t>(s.hprev) + b * H : zeros.data();
-      scalar_t* ws = mp<scalar_t>(s.ws) + b * 4 * H;
+      acc_t* ws = mp<acc_t>(s.ws) + b * 4 * H;
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
-        const scalar_t hp = hprev[j];
-        const scalar_t gr = gh[j];
-        const scalar_t gz = gh[H + j];
-        const scalar_t a_r = gi[j * st] + bi[j] + gr + bh[j];
-        const scalar_t a_z = gi[(H + j) * st] + bi[H + j] + gz + bh[H + j];
-        scalar_t r, z, rh;
+        const acc_t hp = acc_t(hprev[j]);
+        const acc_t gr = acc_t(gh[j]);
+        const acc_t gz = acc_t(gh[H + j]);
+        const acc_t a_r = acc_t(gi[j * st]) + acc_t(bi[j]) + gr + acc_t(bh[j]);
+        const acc_t a_z = acc_t(gi[(H + j) * st]) + acc_t(bi[H + j]) + gz + acc_t(bh[H + j]);
+        acc_t r, z, rh;
         gru4rec_gates(a_r, a_z, hp, r, z, rh);
         ws[j] = r;
         ws[H + j] = z;
@@ -123,6 +129,7 @@ void forward_gru4rec_gates_kernel(const FwdStep& s) {
 // gru4rec candidate step: gi as above, gh [B,H] = (r*h) W_hh[2H:]^T, ws z -> out/h_n [B,H], ws c.
 template <typename scalar_t, bool kIds>
 void forward_gru4rec_cand_kernel(const FwdStep& s) {
+  using acc_t = at::opmath_type<scalar_t>;
   const int64_t H = s.H;
   const std::vector<scalar_t> zeros = zero_row<scalar_t>(H);
   const scalar_t* bi = cp<scalar_t>(s.b_ih);
@@ -134,14 +141,15 @@ void forward_gru4rec_cand_kernel(const FwdStep& s) {
       const scalar_t* gh = cp<scalar_t>(s.gh) + b * H;  // (r*h) is already 0 for reset rows
       const scalar_t* hprev = !s.reset[b] ? cp<scalar_t>(s.hprev) + b * H : zeros.data();
       scalar_t* out = mp<scalar_t>(s.out) + b * H;
-      scalar_t* ws = mp<scalar_t>(s.ws) + b * 4 * H;
+      acc_t* ws = mp<acc_t>(s.ws) + b * 4 * H;
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
-        const scalar_t hp = hprev[j];
-        const scalar_t a_c = gi[(2 * H + j) * st] + bi[2 * H + j] + gh[j] + bh[2 * H + j];
-        scalar_t c, h;
+        const acc_t hp = acc_t(hprev[j]);
+        const acc_t a_c = acc_t(gi[(2 * H + j) * st]) + acc_t(bi[2 * H + j]) + acc_t(gh[j]) +
+                          acc_t(bh[2 * H + j]);
+        acc_t c, h;
         gru4rec_candidate(a_c, ws[H + j], hp, c, h);
-        out[j] = h;
+        out[j] = scalar_t(h);
         ws[2 * H + j] = c;
       }
       if (s.h_n != nullptr) std::copy(out, out + H, mp<scalar_t>(s.h_n) + b * H);
@@ -152,9 +160,10 @@ void forward_gru4rec_cand_kernel(const FwdStep& s) {
 // dL/dh' of row b, unit j: grad_out + (grad_h_n at the last step | carry unless step t+1 reset it).
 template <typename scalar_t>
 struct GradIn {
+  using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* go;
   const scalar_t* extra;  // grad_h_n row, carry row, or zeros
-  inline scalar_t operator()(int64_t j) const { return go[j] + extra[j]; }
+  inline acc_t operator()(int64_t j) const { return acc_t(go[j]) + acc_t(extra[j]); }
 };
 
 template <typename scalar_t>
@@ -173,12 +182,13 @@ GradIn<scalar_t> grad_in(const BwdStep& s, int64_t b, const scalar_t* zeros) {
 // cudnn backward step: grad_out/carry [B,H], ws [B,4H], hprev [B,H] -> dgi, dgh [B,3H], hp, carry [B,H].
 template <typename scalar_t>
 void backward_cudnn_kernel(const BwdStep& s) {
+  using acc_t = at::opmath_type<scalar_t>;
   const int64_t H = s.H;
   const std::vector<scalar_t> zeros = zero_row<scalar_t>(H);
   parallel_rows(s.B, H, [&](int64_t b0, int64_t b1) GRU4REC_ROWS_INLINE {
     for (int64_t b = b0; b < b1; ++b) {
       const GradIn<scalar_t> gin = grad_in<scalar_t>(s, b, zeros.data());
-      const scalar_t* ws = cp<scalar_t>(s.ws) + b * 4 * H;
+      const acc_t* ws = cp<acc_t>(s.ws) + b * 4 * H;
       const scalar_t* hprev = !s.reset[b] ? cp<scalar_t>(s.hprev) + b * H : zeros.data();
       scalar_t* carry = mp<scalar_t>(s.carry) + b * H;
       scalar_t* dgi = mp<scalar_t>(s.dgi) + b * 3 * H;
@@ -186,19 +196,19 @@ void backward_cudnn_kernel(const BwdStep& s) {
       scalar_t* hpo = mp<scalar_t>(s.hp) + b * H;
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
-        const scalar_t dh = gin(j);
-        const scalar_t hp = hprev[j];
-        scalar_t da_r, da_z, da_n, dhn, dh_direct;
+        const acc_t dh = gin(j);
+        const acc_t hp = acc_t(hprev[j]);
+        acc_t da_r, da_z, da_n, dhn, dh_direct;
         cudnn_backward(dh, ws[j], ws[H + j], ws[2 * H + j], ws[3 * H + j], hp, da_r, da_z, da_n,
                        dhn, dh_direct);
-        dgi[j] = da_r;
-        dgi[H + j] = da_z;
-        dgi[2 * H + j] = da_n;
-        dgh[j] = da_r;
-        dgh[H + j] = da_z;
-        dgh[2 * H + j] = dhn;
-        hpo[j] = hp;
-        carry[j] = dh_direct;
+        dgi[j] = scalar_t(da_r);
+        dgi[H + j] = scalar_t(da_z);
+        dgi[2 * H + j] = scalar_t(da_n);
+        dgh[j] = scalar_t(da_r);
+        dgh[H + j] = scalar_t(da_z);
+        dgh[2 * H + j] = scalar_t(dhn);
+        hpo[j] = hprev[j];
+        carry[j] = scalar_t(dh_direct);
       }
     }
   });
@@ -207,26 +217,27 @@ void backward_cudnn_kernel(const BwdStep& s) {
 // gru4rec backward, part 1: grad_out/carry, ws z, c, hprev -> dgi [B,3H] z and c blocks, hp, carry.
 template <typename scalar_t>
 void backward_gru4rec_cand_kernel(const BwdStep& s) {
+  using acc_t = at::opmath_type<scalar_t>;
   const int64_t H = s.H;
   const std::vector<scalar_t> zeros = zero_row<scalar_t>(H);
   parallel_rows(s.B, H, [&](int64_t b0, int64_t b1) GRU4REC_ROWS_INLINE {
     for (int64_t b = b0; b < b1; ++b) {
       const GradIn<scalar_t> gin = grad_in<scalar_t>(s, b, zeros.data());
-      const scalar_t* ws = cp<scalar_t>(s.ws) + b * 4 * H;
+      const acc_t* ws = cp<acc_t>(s.ws) + b * 4 * H;
       const scalar_t* hprev = !s.reset[b] ? cp<scalar_t>(s.hprev) + b * H : zeros.data();
       scalar_t* carry = mp<scalar_t>(s.carry) + b * H;
       scalar_t* dg = mp<scalar_t>(s.dgi) + b * 3 * H;
       scalar_t* hpo = mp<scalar_t>(s.hp) + b * H;
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
-        const scalar_t dh = gin(j);
-        const scalar_t hp = hprev[j];
-        scalar_t da_z, da_c, dh_direct;
+        const acc_t dh = gin(j);
+        const acc_t hp = acc_t(hprev[j]);
+        acc_t da_z, da_c, dh_direct;
         gru4rec_backward_cand(dh, ws[H + j], ws[2 * H + j], hp, da_z, da_c, dh_direct);
-        dg[H + j] = da_z;
-        dg[2 * H + j] = da_c;
-        hpo[j] = hp;
-        carry[j] = dh_direct;
+        dg[H + j] = scalar_t(da_z);
+        dg[2 * H + j] = scalar_t(da_c);
+        hpo[j] = hprev[j];
+        carry[j] = scalar_t(dh_direct);
       }
     }
   });
@@ -235,28 +246,32 @@ void backward_gru4rec_cand_kernel(const BwdStep& s) {
 // gru4rec backward, part 2: drh [B,H] = da_c U_c, ws r, hp -> dgi [B,3H] r block, carry += drh * r.
 template <typename scalar_t>
 void backward_gru4rec_gates_kernel(const BwdStep& s) {
+  using acc_t = at::opmath_type<scalar_t>;
   const int64_t H = s.H;
   parallel_rows(s.B, H, [&](int64_t b0, int64_t b1) GRU4REC_ROWS_INLINE {
     for (int64_t b = b0; b < b1; ++b) {
       const scalar_t* drh = cp<scalar_t>(s.drh) + b * H;
-      const scalar_t* ws = cp<scalar_t>(s.ws) + b * 4 * H;
+      const acc_t* ws = cp<acc_t>(s.ws) + b * 4 * H;
       const scalar_t* hp = cp<scalar_t>(s.hp) + b * H;
       scalar_t* carry = mp<scalar_t>(s.carry) + b * H;
       scalar_t* dg = mp<scalar_t>(s.dgi) + b * 3 * H;
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
-        scalar_t da_r, dh_rh;
-        gru4rec_backward_gates(drh[j], ws[j], hp[j], da_r, dh_rh);
-        dg[j] = da_r;
-        carry[j] += dh_rh;
+        acc_t da_r, dh_rh;
+        gru4rec_backward_gates(acc_t(drh[j]), ws[j], acc_t(hp[j]), da_r, dh_rh);
+        dg[j] = scalar_t(da_r);
+        carry[j] = scalar_t(acc_t(carry[j]) + dh_rh);
       }
     }
   });
 }
 
+#define GRU4REC_CPU_DISPATCH(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+
 template <template <typename, bool> class F>
 void dispatch_fwd(const FwdStep& s) {
-  AT_DISPATCH_FLOATING_TYPES(s.dtype, "session_gru_forward", [&] {
+  GRU4REC_CPU_DISPATCH(s.dtype, "session_gru_forward", [&] {
     if (s.ids != nullptr) {
       F<scalar_t, true>::run(s);
     } else {
@@ -285,22 +300,22 @@ struct CpuKernels {
     dispatch_fwd<FwdCand>(s);
   }
   static void backward_cudnn(const BwdStep& s) {
-    AT_DISPATCH_FLOATING_TYPES(s.dtype, "session_gru_backward",
+    GRU4REC_CPU_DISPATCH(s.dtype, "session_gru_backward",
                                [&] { backward_cudnn_kernel<scalar_t>(s); });
   }
   static void backward_gru4rec_cand(const BwdStep& s) {
-    AT_DISPATCH_FLOATING_TYPES(s.dtype, "session_gru_backward",
+    GRU4REC_CPU_DISPATCH(s.dtype, "session_gru_backward",
                                [&] { backward_gru4rec_cand_kernel<scalar_t>(s); });
   }
   static void backward_gru4rec_gates(const BwdStep& s) {
-    AT_DISPATCH_FLOATING_TYPES(s.dtype, "session_gru_backward",
+    GRU4REC_CPU_DISPATCH(s.dtype, "session_gru_backward",
                                [&] { backward_gru4rec_gates_kernel<scalar_t>(s); });
   }
 
   // Zeroes the rows of x [B,H] where reset [B] is true.
   static void zero_reset_rows(Tensor& x, const bool* r) {
     const int64_t B = x.size(0), H = x.size(1);
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "session_gru_backward", [&] {
+    GRU4REC_CPU_DISPATCH(x.scalar_type(), "session_gru_backward", [&] {
       scalar_t* p = x.mutable_data_ptr<scalar_t>();
       for (int64_t b = 0; b < B; ++b) {
         if (r[b]) std::fill(p + b * H, p + (b + 1) * H, scalar_t(0));
@@ -316,26 +331,6 @@ struct CpuKernels {
       TORCH_CHECK(p[i] >= 0 && p[i] < N, "session_gru: input item id ", p[i], " at flat position ",
                   i, " is out of range [0, ", N, ") (N = weight_ih.size(1))");
     }
-  }
-
-  // dL/dweight_ih [3H,N] for id input: column ids[e] accumulates row e of dgi [E,3H].
-  static Tensor id_weight_grad(const Tensor& dgi, const Tensor& ids, int64_t N) {
-    const int64_t G = dgi.size(1), E = dgi.size(0);
-    Tensor grad = at::zeros({G, N}, dgi.options());
-    const int64_t* id = ids.const_data_ptr<int64_t>();
-    AT_DISPATCH_FLOATING_TYPES(dgi.scalar_type(), "session_gru_backward", [&] {
-      const scalar_t* src = dgi.const_data_ptr<scalar_t>();
-      scalar_t* dst = grad.mutable_data_ptr<scalar_t>();
-      // Parallel over the 3H rows of the gradient: each row is written by one thread only.
-      at::parallel_for(0, G, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, E)),
-                       [&](int64_t g0, int64_t g1) {
-                         for (int64_t g = g0; g < g1; ++g) {
-                           scalar_t* row = dst + g * N;
-                           for (int64_t e = 0; e < E; ++e) row[id[e]] += src[e * G + g];
-                         }
-                       });
-    });
-    return grad;
   }
 };
 

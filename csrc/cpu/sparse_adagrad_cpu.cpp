@@ -1,7 +1,11 @@
 // CPU kernels of gru4rec::sparse_adagrad_ and dense_adagrad_: for the sparse one, duplicates of an
 // index are summed (in order of appearance), then each touched row's acc, mom and param are
-// updated once; grouping the indices is O(M), not a sort.
+// updated once (negative indices are skipped); grouping the indices is O(M), not a sort.
+// float and double update in their own type; Half and BFloat16 parameters keep acc and mom in
+// float and update in float.
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -17,6 +21,7 @@
 
 #include "cpu/cpu_isa.h"
 #include "cpu/id_groups.h"
+#include "cpu/thread_pool.h"
 #include "sparse_adagrad.h"
 
 namespace gru4rec {
@@ -99,49 +104,93 @@ void adagrad_span_best(scalar_t* p, scalar_t* a, scalar_t* v, const scalar_t* g,
   }
 }
 
-// param/acc/mom [N, D], indices [M], rows [M, D]: row-sparse Adagrad-momentum, in place.
+// The state (acc, mom) and arithmetic type of a parameter type: float for Half and BFloat16.
 template <typename scalar_t>
-void sparse_adagrad_rows(scalar_t* param, scalar_t* acc, scalar_t* mom, const int64_t* idx,
-                         const scalar_t* rows, int64_t N, int64_t M, int64_t D, scalar_t lr,
-                         scalar_t momentum, scalar_t eps) {
+using state_t = at::opmath_type<scalar_t>;
+
+// One row of D elements at p/a/v with element stride s (s == 1: contiguous), updated with the
+// summed gradient g [D] (state type). A float or double row with s == 1 runs adagrad_span_best in
+// place (the fast path); otherwise the row is gathered into state-type buffers, updated by the
+// same span function, and written back (Half and BFloat16 rounded once, at the end).
+template <typename scalar_t>
+struct RowUpdate {
+  using S = state_t<scalar_t>;
+  std::vector<S> p, a, v;
+
+  void operator()(scalar_t* pr, S* ar, S* vr, int64_t s, const S* g, int64_t D, S lr, S mu, S eps) {
+    if constexpr (std::is_same_v<scalar_t, S>) {
+      if (s == 1) {
+        adagrad_span_best<S>(pr, ar, vr, g, D, lr, mu, eps);
+        return;
+      }
+    }
+    p.resize(D);
+    a.resize(D);
+    v.resize(vr != nullptr ? D : 0);
+    for (int64_t d = 0; d < D; ++d) {
+      p[d] = static_cast<S>(pr[d * s]);
+      a[d] = ar[d * s];
+      if (vr != nullptr) v[d] = vr[d * s];
+    }
+    adagrad_span_best<S>(p.data(), a.data(), vr != nullptr ? v.data() : nullptr, g, D, lr, mu, eps);
+    for (int64_t d = 0; d < D; ++d) {
+      pr[d * s] = static_cast<scalar_t>(p[d]);
+      ar[d * s] = a[d];
+      if (vr != nullptr) vr[d * s] = v[d];
+    }
+  }
+};
+
+// param [N, D] (scalar_t) and acc/mom [N, D] (state type), all with element strides (s0, s1);
+// indices [M] (negative: skipped), rows [M, D] contiguous: row-sparse Adagrad-momentum, in place.
+// Duplicates are summed in the state type, in order of appearance.
+template <typename scalar_t>
+void sparse_adagrad_rows(scalar_t* param, state_t<scalar_t>* acc, state_t<scalar_t>* mom, int64_t s0, int64_t s1,
+                         const int64_t* idx, const scalar_t* rows, int64_t N, int64_t M, int64_t D,
+                         state_t<scalar_t> lr, state_t<scalar_t> momentum, state_t<scalar_t> eps) {
+  using S = state_t<scalar_t>;
   for (int64_t i = 0; i < M; ++i) {
-    TORCH_CHECK(idx[i] >= 0 && idx[i] < N, "sparse_adagrad_: indices[", i, "] = ", idx[i],
-                " is out of range [0, ", N, ")");
+    TORCH_CHECK(idx[i] < N, "sparse_adagrad_: indices[", i, "] = ", idx[i], " is out of range [0, ", N,
+                ") (negative indices are skipped)");
   }
   TORCH_CHECK(M < (int64_t(1) << 31), "sparse_adagrad_: at most 2^31 - 1 indices per call, got ", M);
   IdGroups groups;
-  groups.build(idx, M, N);
+  groups.build(idx, M, N);  // negative indices belong to no group
   const int64_t G = groups.size();
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(D, 1));
-  // The touched rows are scattered over tables larger than the caches: fetch a few groups ahead.
+  // The touched rows are scattered over tables larger than the caches: fetch a few groups ahead
+  // (rows of contiguous elements only).
   constexpr int64_t kAhead = 8;
-  const int64_t row_bytes = D * static_cast<int64_t>(sizeof(scalar_t));
-  const auto prefetch_row = [&](const scalar_t* base) {
-    const char* c = reinterpret_cast<const char*>(base);
-    for (int64_t off = 0; off < row_bytes; off += 64) __builtin_prefetch(c + off, 1, 1);
+  const auto prefetch_row = [&](const void* base, int64_t bytes) {
+    const char* c = static_cast<const char*>(base);
+    for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 1, 1);
   };
-  at::parallel_for(0, G, grain, [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> g(D);
+  cpu::parallel_for(G, grain, [&](int64_t begin, int64_t end) {
+    std::vector<S> g(D);
+    RowUpdate<scalar_t> update;
     for (int64_t gi = begin; gi < end; ++gi) {
-      if (gi + kAhead < end) {
+      if (s1 == 1 && gi + kAhead < end) {
         const int64_t row_ahead = idx[groups.first[gi + kAhead]];
-        prefetch_row(param + row_ahead * D);
-        prefetch_row(acc + row_ahead * D);
-        if (momentum > 0) prefetch_row(mom + row_ahead * D);
+        prefetch_row(param + row_ahead * s0, D * static_cast<int64_t>(sizeof(scalar_t)));
+        prefetch_row(acc + row_ahead * s0, D * static_cast<int64_t>(sizeof(S)));
+        if (momentum > 0) prefetch_row(mom + row_ahead * s0, D * static_cast<int64_t>(sizeof(S)));
       }
       const int64_t i0 = groups.first[gi];
       const int64_t row = idx[i0];
-      const scalar_t* gsum = rows + i0 * D;  // a row touched once: its gradient as is
-      if (groups.next[i0] >= 0) {
-        std::copy(gsum, gsum + D, g.begin());
+      const S* gsum;
+      if (std::is_same_v<scalar_t, S> && groups.next[i0] < 0) {
+        gsum = reinterpret_cast<const S*>(rows + i0 * D);  // a row touched once: its gradient as is
+      } else {
+        const scalar_t* first = rows + i0 * D;
+        for (int64_t d = 0; d < D; ++d) g[d] = static_cast<S>(first[d]);
         for (int64_t j = groups.next[i0]; j >= 0; j = groups.next[j]) {
           const scalar_t* src = rows + j * D;
-          for (int64_t d = 0; d < D; ++d) g[d] += src[d];
+          for (int64_t d = 0; d < D; ++d) g[d] += static_cast<S>(src[d]);
         }
         gsum = g.data();
       }
-      adagrad_span_best<scalar_t>(param + row * D, acc + row * D, momentum > 0 ? mom + row * D : nullptr, gsum, D,
-                                  lr, momentum, eps);
+      update(param + row * s0, acc + row * s0, momentum > 0 ? mom + row * s0 : nullptr, s1, gsum, D, lr, momentum,
+             eps);
     }
   });
 }
@@ -149,22 +198,40 @@ void sparse_adagrad_rows(scalar_t* param, scalar_t* acc, scalar_t* mom, const in
 void sparse_adagrad_cpu(at::Tensor& param, at::Tensor& acc, at::Tensor& mom, const at::Tensor& indices,
                         const at::Tensor& rows, double lr, double momentum, double eps) {
   check_sparse_adagrad_args(param, acc, mom, indices, rows, lr, momentum, eps);
-  AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "sparse_adagrad_cpu", [&] {
-    sparse_adagrad_rows<scalar_t>(param.data_ptr<scalar_t>(), acc.data_ptr<scalar_t>(),
-                                  momentum > 0 ? mom.data_ptr<scalar_t>() : nullptr,
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, param.scalar_type(), "sparse_adagrad_cpu", [&] {
+    using S = state_t<scalar_t>;
+    sparse_adagrad_rows<scalar_t>(param.data_ptr<scalar_t>(), acc.data_ptr<S>(),
+                                  momentum > 0 ? mom.data_ptr<S>() : nullptr, param.stride(0), param.stride(1),
                                   indices.data_ptr<int64_t>(), rows.data_ptr<scalar_t>(), param.size(0),
-                                  indices.size(0), param.size(1), static_cast<scalar_t>(lr),
-                                  static_cast<scalar_t>(momentum), static_cast<scalar_t>(eps));
+                                  indices.size(0), param.size(1), static_cast<S>(lr), static_cast<S>(momentum),
+                                  static_cast<S>(eps));
   });
 }
 
-// p, a, v, g [n]: the dense Adagrad-momentum update of one contiguous tensor, in place.
+// p, g [n] (scalar_t), a, v [n] (state type): the dense Adagrad-momentum update of one contiguous
+// tensor, in place. Half and BFloat16 go through float buffers of kChunk elements.
 template <typename scalar_t>
-void dense_adagrad_span(scalar_t* __restrict__ p, scalar_t* __restrict__ a, scalar_t* __restrict__ v,
-                        const scalar_t* __restrict__ g, int64_t n, scalar_t lr, scalar_t momentum, scalar_t eps) {
-  at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
-    adagrad_span_best<scalar_t>(p + begin, a + begin, momentum > 0 ? v + begin : nullptr, g + begin, end - begin,
-                                lr, momentum, eps);
+void dense_adagrad_span(scalar_t* __restrict__ p, state_t<scalar_t>* __restrict__ a,
+                        state_t<scalar_t>* __restrict__ v, const scalar_t* __restrict__ g, int64_t n,
+                        state_t<scalar_t> lr, state_t<scalar_t> momentum, state_t<scalar_t> eps) {
+  using S = state_t<scalar_t>;
+  cpu::parallel_for(n, 16384, [&](int64_t begin, int64_t end) {
+    if constexpr (std::is_same_v<scalar_t, S>) {
+      adagrad_span_best<S>(p + begin, a + begin, momentum > 0 ? v + begin : nullptr, g + begin, end - begin, lr,
+                           momentum, eps);
+    } else {
+      constexpr int64_t kChunk = 256;
+      S pb[kChunk], gb[kChunk];
+      for (int64_t i = begin; i < end; i += kChunk) {
+        const int64_t len = std::min(kChunk, end - i);
+        for (int64_t j = 0; j < len; ++j) {
+          pb[j] = static_cast<S>(p[i + j]);
+          gb[j] = static_cast<S>(g[i + j]);
+        }
+        adagrad_span_best<S>(pb, a + i, momentum > 0 ? v + i : nullptr, gb, len, lr, momentum, eps);
+        for (int64_t j = 0; j < len; ++j) p[i + j] = static_cast<scalar_t>(pb[j]);
+      }
+    }
   });
 }
 
@@ -173,11 +240,11 @@ void dense_adagrad_cpu(at::TensorList params, at::TensorList accs, at::TensorLis
   check_dense_adagrad_args(params, accs, moms, grads, lr, momentum, eps);
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor& p = params[i];
-    AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "dense_adagrad_cpu", [&] {
-      dense_adagrad_span<scalar_t>(p.data_ptr<scalar_t>(), accs[i].data_ptr<scalar_t>(),
-                                   momentum > 0 ? moms[i].data_ptr<scalar_t>() : nullptr,
-                                   grads[i].data_ptr<scalar_t>(), p.numel(), static_cast<scalar_t>(lr),
-                                   static_cast<scalar_t>(momentum), static_cast<scalar_t>(eps));
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "dense_adagrad_cpu", [&] {
+      using S = state_t<scalar_t>;
+      dense_adagrad_span<scalar_t>(p.data_ptr<scalar_t>(), accs[i].data_ptr<S>(),
+                                   momentum > 0 ? moms[i].data_ptr<S>() : nullptr, grads[i].data_ptr<scalar_t>(),
+                                   p.numel(), static_cast<S>(lr), static_cast<S>(momentum), static_cast<S>(eps));
     });
   }
 }

@@ -158,8 +158,19 @@ def sampled_loss_backward(state: SampledLossState, grad_loss=None):
 
 # ---- torch.library registrations (autograd of the forward op, fake kernels of both ops) ----
 
+# The dtypes the kernels are compiled for (half and float8 are refused, naming hidden).
+KERNEL_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+
+
+def _check_dtype(hidden):
+    if hidden.dtype not in KERNEL_DTYPES:
+        raise RuntimeError(f"sampled_loss: hidden has dtype {hidden.dtype}; the kernels support "
+                           "float32, float64 and bfloat16 (not half or float8): convert the model")
+
+
 def _fake_forward(hidden, weight, bias, candidates, log_q, valid, loss, activation, elu_alpha,
                   bpreg, logq, mask_hits, columns=None):
+    _check_dtype(hidden)
     B, H = hidden.shape
     C = candidates.shape[0]  # the gathered rows (U when columns are given)
     if weight.shape[1] != H:
@@ -172,6 +183,7 @@ def _fake_forward(hidden, weight, bias, candidates, log_q, valid, loss, activati
 
 def _fake_backward(grad_loss, hidden, weight, bias, candidates, log_q, valid, loss, activation,
                    elu_alpha, bpreg, logq, mask_hits, workspace, columns=None):
+    _check_dtype(hidden)
     B, H = hidden.shape
     C = candidates.shape[0]
     return hidden.new_empty((B, H)), hidden.new_empty((C, H)), hidden.new_empty((C,))

@@ -65,9 +65,21 @@ def session_gru(input, reset, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=No
 
 # --- checks of the fake kernels (mirror csrc/session_gru.cpp, which checks the real calls) ---
 
+# The dtypes the kernels are compiled for (half and float8 are refused, naming weight_hh).
+KERNEL_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+
+
+def workspace_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The forward's workspace dtype for a model of `dtype`: float32 for bfloat16, else `dtype`."""
+    return torch.float32 if dtype == torch.bfloat16 else dtype
+
+
 def _check_forward(input, reset, h0, weight_ih, weight_hh, bias_ih, bias_hh, variant):
     if variant not in (0, 1):
         raise ValueError(f"session_gru: variant must be 0 (cudnn) or 1 (gru4rec), got {variant}")
+    if weight_hh.dtype not in KERNEL_DTYPES:
+        raise TypeError(f"session_gru: weight_hh has dtype {weight_hh.dtype}; the kernels support "
+                        "float32, float64 and bfloat16 (not half or float8): convert the model")
     named = [("input", input), ("reset", reset), ("h0", h0), ("weight_ih", weight_ih)]
     named += [(n, b) for n, b in (("bias_ih", bias_ih), ("bias_hh", bias_hh)) if b is not None]
     for name, t in named:
@@ -110,16 +122,22 @@ def _register() -> None:
     def _forward_fake(input, reset, h0, weight_ih, weight_hh, bias_ih, bias_hh, variant):
         T, B, H = _check_forward(input, reset, h0, weight_ih, weight_hh, bias_ih, bias_hh, variant)
         return (weight_hh.new_empty((T, B, H)), weight_hh.new_empty((B, H)),
-                weight_hh.new_empty((T, B, 4 * H)))
+                weight_hh.new_empty((T, B, 4 * H), dtype=workspace_dtype(weight_hh.dtype)))
 
     @torch.library.register_fake(_BACKWARD)
     def _backward_fake(grad_output, grad_h_n, input, reset, h0, weight_ih, weight_hh, bias_ih,
                        bias_hh, output, workspace, variant, need_grad_input=True, need_grad_h0=True):
-        _check_forward(input, reset, h0, weight_ih, weight_hh, bias_ih, bias_hh, variant)
+        T, B, H = _check_forward(input, reset, h0, weight_ih, weight_hh, bias_ih, bias_hh, variant)
+        if workspace.dtype != workspace_dtype(weight_hh.dtype):
+            raise TypeError(f"session_gru: workspace has dtype {workspace.dtype} but must be "
+                            f"{workspace_dtype(weight_hh.dtype)} (the forward's workspace for "
+                            f"weight_hh of dtype {weight_hh.dtype})")
         empty = weight_hh.new_empty((0,))
         grad_input = empty if input.dtype == torch.long or not need_grad_input else torch.empty_like(input)
         grad_h0 = torch.empty_like(h0) if need_grad_h0 else weight_hh.new_empty((0,))
-        return (grad_input, grad_h0, torch.empty_like(weight_ih),
+        # id input: grad_weight_ih is row-sparse [T*B, 3H] (row t*B+b for column input[t, b])
+        grad_w_ih = weight_hh.new_empty((T * B, 3 * H)) if input.dtype == torch.long else torch.empty_like(weight_ih)
+        return (grad_input, grad_h0, grad_w_ih,
                 torch.empty_like(weight_hh),
                 torch.empty_like(bias_ih) if bias_ih is not None else weight_hh.new_empty((0,)),
                 torch.empty_like(bias_hh) if bias_hh is not None else weight_hh.new_empty((0,)))
@@ -148,6 +166,8 @@ def _register() -> None:
         g_in, g_h0, g_wih, g_whh, g_bih, g_bhh = torch.ops.gru4rec.session_gru_backward.default(
             grad_output, grad_h_n, input, reset, h0, weight_ih, weight_hh, bias_ih, bias_hh, out,
             workspace, ctx.variant, need_in, need_h0)
+        if input.dtype == torch.long:  # row-sparse [T*B, 3H] -> dense [3H, N]: rows summed into their columns
+            g_wih = g_wih.new_zeros(weight_ih.shape).index_add_(1, input.reshape(-1), g_wih.t())
         return (g_in if input.dtype != torch.long and need_in else None, None,
                 g_h0 if need_h0 else None, g_wih, g_whh,
                 g_bih if bias_ih is not None else None, g_bhh if bias_hh is not None else None,

@@ -1,6 +1,6 @@
 """`gru4rec::train_step_`: one whole GRU4Rec training step in one compiled call (CPU).
 
-Its reference is the trainer's Python sequence of ops (`gru4rec_ext.train.compute_step`, then
+Its reference is the trainer's Python sequence of ops (`gru4rec_ext.train_step.compute_step`, then
 `AdagradM`'s updates): the op runs the same ops in the same order and trains to the same weights
 bit for bit (tests/test_train.py). `Trainer` calls it on the CPU when it is built. This module
 registers its fake (meta) kernel, so tracing tools see its output shapes.

@@ -1,0 +1,52 @@
+// CPU matrix products split over the package's worker threads (see csrc/products.h).
+#include <ATen/ATen.h>
+
+#include "cpu/thread_pool.h"
+#include "products.h"
+
+namespace gru4rec {
+namespace cpu {
+namespace {
+
+// Below about this many multiply-adds a product runs in one piece: splitting costs more than it saves.
+constexpr int64_t kMinParallelMacs = 1 << 18;
+// Pieces hold whole groups of this many rows or columns (SIMD- and cache-friendly edges).
+constexpr int64_t kAlign = 16;
+
+void piece(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate, const at::Tensor& bias) {
+  if (bias.defined()) {
+    at::addmm_out(out, bias, a, b);
+  } else if (accumulate) {
+    out.addmm_(a, b);
+  } else {
+    at::mm_out(out, a, b);
+  }
+}
+
+}  // namespace
+
+void mm_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate, const at::Tensor& bias) {
+  const int64_t M = out.size(0), N = out.size(1), K = a.size(1);
+  const int threads = pool_threads();
+  if (threads <= 1 || M * N * K < kMinParallelMacs || in_pool_chunk()) {
+    piece(out, a, b, accumulate, bias);
+    return;
+  }
+  // Split the longer side into aligned groups; each thread claims groups (thread_pool.h).
+  const bool by_rows = M >= N;
+  const int64_t len = by_rows ? M : N;
+  const int64_t groups = (len + kAlign - 1) / kAlign;
+  const int64_t grain = std::max<int64_t>(1, groups / (2 * threads));
+  parallel_for(groups, grain, [&](int64_t g0, int64_t g1) {
+    const int64_t begin = g0 * kAlign, size = std::min(len, g1 * kAlign) - begin;
+    at::Tensor o = out.narrow(by_rows ? 0 : 1, begin, size);
+    if (by_rows) {
+      piece(o, a.narrow(0, begin, size), b, accumulate, bias);
+    } else {
+      piece(o, a, b.narrow(1, begin, size), accumulate, bias.defined() ? bias.narrow(0, begin, size) : bias);
+    }
+  });
+}
+
+}  // namespace cpu
+}  // namespace gru4rec

@@ -1,0 +1,48 @@
+// gru4rec_ext._cuda_emu (test-only): importing it registers torch.ops.gru4rec_emu.*, our CUDA
+// kernels and launch code run on CPU tensors through the host emulation of the CUDA execution
+// model (csrc/emu/cuda_emu.h); tests/test_cuda_emulation.py checks them against the CPU kernels.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <c10/util/Exception.h>
+
+#include <string>
+#include <vector>
+
+#include "emu/cuda_emu.h"
+
+namespace gru4rec_emu {
+std::vector<float> selftest(const std::string& name);  // emu_selftest.cpp
+}
+
+PYBIND11_MODULE(_cuda_emu, m) {
+  m.doc() = "gru4rec-ext CUDA kernels under a host emulation (ops under torch.ops.gru4rec_emu)";
+  m.attr("ops") = pybind11::make_tuple("session_gru_forward", "session_gru_backward",
+                                       "sampled_loss_forward", "sampled_loss_backward",
+                                       "sparse_adagrad_");
+  m.def("selftest", &gru4rec_emu::selftest, pybind11::arg("name"),
+        "Runs one of the emulation's own check kernels; returns its output or raises its error");
+  m.def(
+      "set_schedule",
+      [](const std::string& name) {
+        TORCH_CHECK(name == "low_first" || name == "high_first",
+                    "set_schedule: 'low_first' or 'high_first', got '", name, "'");
+        const auto old = gru4rec_emu::set_schedule(name == "low_first"
+                                                       ? gru4rec_emu::Schedule::kLowFirst
+                                                       : gru4rec_emu::Schedule::kHighFirst);
+        return std::string(old == gru4rec_emu::Schedule::kLowFirst ? "low_first" : "high_first");
+      },
+      pybind11::arg("name"),
+      "Which ready thread of a block runs next: 'low_first' (default) or 'high_first' index; "
+      "returns the previous schedule");
+  m.def(
+      "set_max_grid_blocks",
+      [](int64_t blocks) {
+        TORCH_CHECK(blocks >= 1, "set_max_grid_blocks: blocks must be >= 1, got ", blocks);
+        const int64_t old = gru4rec_emu::grid_block_limit();
+        gru4rec_emu::grid_block_limit() = blocks;
+        return old;
+      },
+      pybind11::arg("blocks"),
+      "Sets the most blocks a grid-stride launch starts (default 2^16); returns the old value");
+}
