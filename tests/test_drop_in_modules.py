@@ -7,6 +7,7 @@ import textwrap
 import pytest
 import torch
 from torch import nn
+from torch.func import functional_call
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from conftest import needs_extension, rel_err
@@ -66,6 +67,72 @@ def test_torch_compile_fullgraph_trains_like_eager():
     for (name, p), q in zip(eager.named_parameters(), compiled_model.parameters()):
         assert not torch.equal(p, initial[name]), name  # it trained
         assert rel_err(q, p) < 1e-5, name
+
+
+def gradcheck_module(module, args, inputs):
+    """float64 gradcheck of module(*args) w.r.t. the tensors `inputs` (those in args that require
+    grad) and every parameter, swapped in with functional_call; first, each of them must reach an
+    output (autograd.grad raises for one that does not), so the check cannot pass vacuously."""
+    names = [n for n, _ in module.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_() for p in module.parameters())
+    n_in = len(inputs)
+
+    def f(*tensors):
+        given = iter(tensors[:n_in])
+        call_args = [next(given) if any(a is t for t in inputs) else a for a in args]
+        out = functional_call(module, dict(zip(names, tensors[n_in:])), tuple(call_args))
+        return out if isinstance(out, tuple) else (out,)
+
+    outs = f(*inputs, *params)
+    torch.autograd.grad(sum(o.sum() for o in outs), (*inputs, *params))  # every one is used
+    return torch.autograd.gradcheck(f, (*inputs, *params), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@needs_extension()
+@pytest.mark.parametrize("ids", [False, True], ids=["float", "ids"])
+@pytest.mark.parametrize("variant", ["cudnn", "gru4rec"])
+def test_gradcheck_session_gru_module(variant, ids):
+    """Two stacked layers with resets at set positions, through the C++ autograd in float64."""
+    torch.manual_seed(5)
+    T, B, E, H, N = 3, 4, 5, 3, 9
+    gru = SessionGRU(N if ids else E, H, num_layers=2, variant=variant).double()
+    x = torch.randint(0, N, (T, B)) if ids else torch.randn(T, B, E, dtype=torch.float64)
+    if ids:
+        x[2, 1] = x[0, 1]  # a repeated id: its columns' gradients are summed
+    reset = torch.zeros(T, B, dtype=torch.bool)
+    reset[1, 0] = reset[2, 3] = reset[0, 2] = True
+    h0 = torch.randn(2, B, H, dtype=torch.float64, requires_grad=True)
+    inputs = (h0,) if ids else (x.requires_grad_(), h0)
+    assert gradcheck_module(gru, (x, reset, h0), inputs)
+
+
+@needs_extension()
+@pytest.mark.parametrize("loss", ["bpr", "top1", "bpr-max", "top1-max", "cross-entropy"])
+def test_gradcheck_sampled_ranking_loss_module(loss):
+    """Each loss with repeated candidates, masked accidental hits and an invalid row; the weight
+    and bias tables are the module's parameters here (an output layer owning them)."""
+    torch.manual_seed(6)
+    B, K, H, N = 4, 6, 3, 9
+
+    class OutputLayer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(N, H, dtype=torch.float64) / H ** 0.5)
+            self.bias = nn.Parameter(torch.randn(N, dtype=torch.float64) * 0.1)
+            self.loss = SampledRankingLoss(loss, activation="tanh" if loss == "bpr" else "linear",
+                                           bpreg=0.25 if loss == "bpr-max" else 0.0,
+                                           logq=0.5 if loss == "cross-entropy" else 0.0,
+                                           mask_accidental_hits=True)
+
+        def forward(self, hidden, targets, samples, log_q, valid):
+            return self.loss(hidden, self.weight, self.bias, targets, samples, log_q, valid)
+
+    hidden = torch.randn(B, H, dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([0, 3, 3, 7])
+    samples = torch.tensor([3, 1, 8, 1, 0, 5])  # hits targets, repeats itself
+    log_q = (torch.randn(B + K, dtype=torch.float64) - 3.0) if loss == "cross-entropy" else None
+    valid = torch.tensor([True, True, False, True])
+    assert gradcheck_module(OutputLayer(), (hidden, targets, samples, log_q, valid), (hidden,))
 
 
 def test_modules_without_the_extension():
