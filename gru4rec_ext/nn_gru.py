@@ -97,9 +97,13 @@ class SessionGRU(nn.Module):
                              f"{list(h0.shape)}")
         x = inputs
         last = []
+        # Views whose backward is one stack (or, for one layer, a view) rather than one zero-filled
+        # [L, B, H] per layer, as h0[k] would give.
+        h0_layers = h0.unbind(0) if L > 1 else (h0.squeeze(0),)
         for k in range(L):
             w_ih, w_hh, b_ih, b_hh = self.layer_parameters(k)
-            x, h_n = session_gru(x, reset, h0[k], w_ih, w_hh, b_ih, b_hh, variant=self.variant)
+            x, h_n = session_gru(x, reset, h0_layers[k], w_ih, w_hh, b_ih, b_hh,
+                                 variant=self.variant)
             last.append(h_n)
             if self.dropout > 0.0 and self.training and k < L - 1:
                 x = F.dropout(x, self.dropout, training=True)
