@@ -23,6 +23,8 @@ process CPU time per call (events per CPU-second are far less sensitive to other
     pair       sampled_loss_forward + sampled_loss_backward (row gradients, what the trainer uses)
     pair+dense the pair, then the dense gradients built from its rows (zeros + index_put): the
                work `module` does, without autograd
+    zeros      a zero-filled [N,H] and [N] alone: what any dense gradient of the table costs beyond
+               the pair (module/pair cannot go below (pair + zeros)/pair)
 
 CUDA (--device cuda; for the H200 of benchmarks/gpu_check.sh): SessionGRU forward+backward and
 forward only against cuDNN's nn.GRU (no resets: it has none) and an nn.GRUCell loop with reset
@@ -243,7 +245,13 @@ def loss_makers(B, K, H, N, loss):
                 torch.zeros_like(b).index_put_((cands,), g_b, accumulate=True)
         return step
 
-    return {"module": make_module, "pair": make_pair, "pair+dense": lambda: make_pair(True)}
+    def make_zeros():
+        def step():
+            torch.zeros_like(weight), torch.zeros_like(bias)
+        return step
+
+    return {"module": make_module, "pair": make_pair, "pair+dense": lambda: make_pair(True),
+            "zeros": make_zeros}
 
 
 def bench_loss_cpu(args):
@@ -253,6 +261,8 @@ def bench_loss_cpu(args):
         row = {"loss": loss, "B": B, "K": K, "H": H, "N": N}
         row.update(summarise(times, B, {"module/pair": ("module", "pair"),
                                         "module/(pair+dense)": ("module", "pair+dense")}))
+        row["bound (pair+zeros)/pair"] = statistics.median(
+            [(p + z) / p for p, z in zip(times["pair"]["wall"], times["zeros"]["wall"])])
         rows.append(row)
         print(f"  {loss:14s} B={B} K={K} H={H} N={N}  module {row['module_us']:8.1f} us  pair "
               f"{row['pair_us']:8.1f} us  pair+dense {row['pair+dense_us']:8.1f} us  module/pair "
@@ -371,7 +381,8 @@ def main(argv=None):
             tables.append("SampledRankingLoss forward+backward (µs per call; events = B)\n" +
                           common.format_table(rows, [
                               "loss", "B", "K", "H", "N", "module_us", "pair_us", "pair+dense_us",
-                              "module/pair", "module/(pair+dense)", "module_ev/s",
+                              "zeros_us", "module/pair", "module/(pair+dense)",
+                              "bound (pair+zeros)/pair", "module_ev/s",
                               "module_ev/cpu_s"]))
     payload["load_average_after"] = os.getloadavg()
     lines.append(f"# load average after: "

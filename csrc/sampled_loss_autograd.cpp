@@ -49,12 +49,10 @@ Tensor candidates_of(const Tensor& targets, const Tensor& samples) {
 }
 
 // Dense gradient [N, ...] of a table from the gradients of its gathered rows (duplicates summed).
+// index_add_ rather than index_put_(accumulate): on the CPU, 2,080 rows of 100 into [40000, 100]
+// take 140-190 us against 350-430 us (1 thread), and the bias rows 10 us against 25-30 us.
 Tensor dense_from_rows(const Tensor& rows, const Tensor& candidates, const Tensor& table) {
-  Tensor dense = at::zeros_symint(table.sym_sizes(), rows.options());
-  if (rows.device().is_cpu()) {  // a TensorIterator kernel; CPU index_add_ loops over the rows
-    return dense.index_put_({candidates}, rows, /*accumulate=*/true);
-  }
-  return dense.index_add_(0, candidates, rows);  // atomics on CUDA
+  return at::zeros_symint(table.sym_sizes(), rows.options()).index_add_(0, candidates, rows);
 }
 
 const char* const kDoubleBackward =
