@@ -108,7 +108,8 @@ def timed_steps(trainer, mode, steps, warmup):
 
 
 def mean_unique_candidates(trainer, steps=50) -> float:
-    sched = trainer._schedule(0)[0]
+    from gru4rec_ext.batching import build_schedule
+    sched = build_schedule(trainer.data, trainer.batch_size, seed=trainer.seed, n_items=trainer.model.n_items)
     counts = []
     for s in range(min(steps, sched.inputs.shape[0])):
         cand = torch.cat([sched.targets[s], trainer.sampler.draw(trainer.n_sample)])
@@ -210,7 +211,18 @@ def main(argv=None):
     path = os.path.join(out_dir, f"bench_threads_{args.load}.json")
     with open(path, "w") as f:
         json.dump(out, f, indent=2)
+    plot(results, args.load, os.path.join(out_dir, f"bench_threads_{args.load}.png"))
     sys.stdout.write("\n".join(lines) + f"\nwritten {path}\n")
+
+
+def plot(results: dict, load: str, path: str) -> None:
+    """Events/s per preset and setting (log scale), with the 1-thread products bound as a bar."""
+    presets = list(results)
+    series = {k: [results[p]["median"][k]["events_per_s"] for p in presets] for k in results[presets[0]]["median"]}
+    series["products alone, 1 thread"] = [results[p]["config"]["batch_size"] / results[p]["products_seconds_1t"]
+                                          for p in presets]
+    common.bar_plot(path, presets, series, f"CPU training events/s, quiet and with a competing process ({load}); "
+                    f"{common.git_commit()}", "events/s")
 
 
 if __name__ == "__main__":

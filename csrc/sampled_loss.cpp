@@ -7,6 +7,7 @@
 
 #include "loss_math.h"
 #include "products.h"
+#include "row_gather.h"
 
 namespace gru4rec {
 
@@ -126,8 +127,8 @@ at::Tensor sampled_loss_scores(const at::Tensor& hidden, const at::Tensor& weigh
                                const SampledLossDims& d) {
   at::Tensor workspace = at::empty({d.B * d.U + d.U * d.H}, hidden.options());
   at::Tensor rows = workspace_rows(workspace, d);
-  at::index_select_out(rows, weight, 0, candidates);
-  const at::Tensor bias_rows = at::index_select(bias, 0, candidates);
+  gru4rec::gather_rows_out(rows, weight, candidates);
+  const at::Tensor bias_rows = gru4rec::gather_rows(bias, candidates);
   at::Tensor scores = workspace_grad_scores(workspace, d);
   gru4rec::addmm_out(scores, bias_rows, hidden, rows.t());
   return workspace;

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "loss_math.h"
+#include "row_gather.h"
 
 namespace gru4rec {
 namespace {
@@ -137,8 +138,7 @@ std::tuple<Tensor, Tensor> train_step_cpu(
   const int64_t n_items = Wy.size(0);
 
   // Forward through the layers (dropout as in GRU4Rec.hidden_forward).
-  Tensor x = input_mode == kShared ? Wy.index_select(0, inputs)
-                                   : (has_e ? tables[2].index_select(0, inputs) : inputs);
+  Tensor x = input_mode == kShared ? gather_rows(Wy, inputs) : (has_e ? gather_rows(tables[2], inputs) : inputs);
   Tensor mask_e;
   if (dropout_embed > 0 && x.is_floating_point()) {
     mask_e = dropout_mask(x, dropout_embed);

@@ -91,3 +91,19 @@ def test_concurrent_callers(pool_threads):
 def test_set_num_threads_rejects_zero():
     with pytest.raises((RuntimeError, ValueError), match="threads"):
         _extension.set_num_threads(0)
+
+
+def test_row_gather_over_the_pool_is_index_select(pool_threads):
+    """The loss's candidate rows, gathered over the pool's threads into its workspace, are exactly
+    index_select's: many chunks, repeated and boundary ids."""
+    pool_threads(2)
+    g = torch.Generator().manual_seed(3)
+    N, H, B = 3000, 224, 64
+    hidden, weight, bias = torch.randn(B, H, generator=g), torch.randn(N, H, generator=g), torch.randn(N, generator=g)
+    targets = torch.randint(0, N, (B,), generator=g)
+    samples = torch.cat([torch.tensor([0, N - 1, N - 1]), torch.randint(0, N, (4000,), generator=g)])
+    state = sampled_loss_forward(hidden, weight, bias, targets, samples, loss="cross-entropy")
+    cand = state.candidates
+    U = cand.numel()
+    rows = state._workspace[B * U:B * U + U * H].view(U, H)
+    assert torch.equal(rows, weight.index_select(0, cand))
