@@ -2,7 +2,7 @@
 # First contact with a GPU: the one prepared run for a lent H200 (python3 3.12, torch 2.11 + CUDA
 # 13, nvcc, compute-sanitizer, no network), whose every log lands in $OUT. Run it before anything
 # else on a new GPU and commit what it found.
-#   device run: bash benchmarks/gpu_check.sh            (timeout_s 560; the stages' limits sum to 475 s)
+#   device run: bash benchmarks/gpu_check.sh            (timeout_s 560; the stages' limits sum to 505 s)
 #   here:       GPU_CHECK_DRY_RUN=1 bash benchmarks/gpu_check.sh   (prints the stages, runs nothing)
 # Stages, each with its own time limit, each recorded in $OUT/summary.txt with its exit status; a
 # failing stage never stops the script (a first run must show every failure, not the first):
@@ -15,7 +15,8 @@
 #                     "Device not supported") that is recorded and the remaining sanitizer runs skipped
 #   5. benchmarks     bench_gru, bench_loss on cuda; bench_train on cuda: the training step eager
 #                     against its CUDA graph at the rsc15 and retailrocket presets, with kernel
-#                     launches per step from torch.profiler (results tarball)
+#                     launches per step from torch.profiler; bench_autograd: SessionGRU against
+#                     cuDNN nn.GRU (no resets) and an nn.GRUCell loop at T=1 and T=20 (results tarball)
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-/tmp/gru4rec_gpu_out}
@@ -127,6 +128,7 @@ mkdir -p "$RES"
 run bench-gru 30 "$PY" benchmarks/bench_gru.py --device cuda --grid cpu --dtypes float32 bfloat16 --min-time 0.02 --out "$RES"
 run bench-loss 25 "$PY" benchmarks/bench_loss.py --device cuda --grid full --dtypes float32 bfloat16 --min-time 0.02 --out "$RES"
 run bench-train 30 "$PY" benchmarks/bench_train.py --device cuda --steps 300 --out "$RES"
+run bench-autograd 30 "$PY" benchmarks/bench_autograd.py --device cuda --min-time 0.02 --out "$RES"
 if [ "$DRY" != "1" ]; then
   tar -czf "$OUT/results.tar.gz" -C "$RES" . && rm -rf "$RES"
 fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Configures and builds the CMake op library (CPU variant) against a CPU LibTorch taken from the
-# torch 2.13.0 CPU wheel in its own venv, then loads it into that torch and checks the ops exist.
+# torch 2.13.0 CPU wheel in its own venv, loads it into that torch and checks the ops exist, then runs
+# the C++ example (autograd of session_gru and the sampled loss from C++, against finite differences).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${CMAKE_VENV:-.venv-cmake}
@@ -22,3 +23,4 @@ out, h_n, _ = torch.ops.gru4rec.session_gru_forward(x, torch.zeros(1, 3, dtype=t
 assert out.shape == (1, 3, 5) and torch.equal(out[0], h_n)
 print("cmake build: CPU kernels registered for", ", ".join(ops), "and session_gru_forward runs")
 PY
+build/cmake/session_gru_autograd

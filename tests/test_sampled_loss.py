@@ -371,3 +371,48 @@ def test_invalid_row_is_absent(device, loss, mask):
     assert rel_err(full_g[0][keep] * 6, part_g[0] * 4) < 1e-5 and (full_g[0][~keep] == 0).all()
     for a, b in zip(full_g[1:], part_g[1:]):
         assert rel_err(a * 6, b * 4) < 1e-5
+
+
+# ---- gru4rec::sampled_ranking_loss: the differentiable op (C++ autograd Function) ----
+
+@pytest.mark.parametrize("with_options", [False, True])
+def test_opcheck_differentiable_op(device, with_options):
+    inputs = make_inputs(6, 10, 4, 20, device=device, seed=9)
+    h, w, b = (inputs[k].requires_grad_() for k in ("hidden", "weight", "bias"))
+    optional = (inputs["log_q"], inputs["valid"]) if with_options else (None, None)
+    args = (h, w, b, inputs["targets"], inputs["samples"], *optional, 4 if with_options else 2, 1,
+            1.0, 0.5, 0.5, with_options)
+    torch.library.opcheck(torch.ops.gru4rec.sampled_ranking_loss.default, args)
+
+
+def test_double_backward_raises():
+    inputs = make_inputs(4, 6, 3, 9, device="cpu", dtype=torch.float64)
+    params = [inputs[k].requires_grad_() for k in ("hidden", "weight", "bias")]
+    loss = sampled_ranking_loss(*params, inputs["targets"], inputs["samples"], loss="bpr-max")
+    once = torch.autograd.grad(loss, params, retain_graph=True)
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    for a, b in zip(grads, once):
+        assert torch.equal(a.detach(), b)
+    with pytest.raises(RuntimeError, match="sampled_ranking_loss: double backward .* not supported"):
+        grads[1].sum().backward()
+
+
+@pytest.mark.parametrize("wanted", [("hidden",), ("weight",), ("bias",), ("weight", "bias")])
+def test_needs_input_grad_honoured(wanted):
+    inputs = make_inputs(5, 8, 4, 15, device="cpu", seed=12)
+    params = {k: inputs[k].clone().requires_grad_(k in wanted) for k in ("hidden", "weight", "bias")}
+    loss = sampled_ranking_loss(*params.values(), inputs["targets"], inputs["samples"], loss="top1")
+    loss.backward()
+    _, ref_g = loss_and_grads(sampled_ranking_loss_reference, inputs, dict(loss="top1"))
+    for (name, p), ref in zip(params.items(), ref_g):
+        if name in wanted:
+            assert rel_err(p.grad, ref) < 1e-5, name
+        else:
+            assert p.grad is None, name
+
+
+def test_error_samples_dtype_names_the_argument():
+    args = _args("cpu")
+    args[4] = args[4].float()
+    with pytest.raises(TypeError, match="samples must be a 1-D int64"):
+        sampled_ranking_loss(*args)

@@ -459,3 +459,109 @@ def test_autograd_with_input_and_h0_not_requiring_grad(device, variant):
     args[0] = args[0].detach()
     args[2] = args[2].detach()
     check_against_reference(args, variant)
+
+
+# ---- gru4rec::session_gru: the differentiable op (C++ autograd Function) ----
+
+class RecordOps(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records (op, args) of every op that reaches the Python dispatch key (below autograd)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls.append((func, args))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("ids", [False, True], ids=["dense", "ids"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_opcheck_differentiable_op(ids, bias):
+    for variant in (0, 1):
+        args = make_args(3, 4, 5, 6, ids, "cpu", bias=bias)
+        torch.library.opcheck(torch.ops.gru4rec.session_gru.default, (*args, variant))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_double_backward_raises(variant):
+    args = make_args(2, 3, 4, 5, False, "cpu", torch.float64)
+    out, h_n = session_gru(*args, variant=variant)
+    loss = (out * out).sum() + h_n.sum()
+    once = torch.autograd.grad(loss, args[4], retain_graph=True)[0]
+    # create_graph=True alone is fine (same gradient); differentiating that gradient raises.
+    g = torch.autograd.grad(loss, args[4], create_graph=True)[0]
+    assert torch.equal(g.detach(), once)
+    with pytest.raises(RuntimeError, match="session_gru: double backward .* not supported"):
+        g.sum().backward()
+
+
+@pytest.mark.parametrize("wanted", [("h0",), ("weight_hh",), ("input", "bias_hh"), ()])
+def test_needs_input_grad_honoured(wanted):
+    """Only the arguments that require grad get one, and the backward op is told to skip the
+    input and h0 products when those are not wanted."""
+    names = ["input", "reset", "h0", "weight_ih", "weight_hh", "bias_ih", "bias_hh"]
+    args = [a.detach() for a in make_args(3, 4, 5, 6, False, "cpu")]
+    ref_args = make_args(3, 4, 5, 6, False, "cpu")
+    for name, a, r in zip(names, args, ref_args):
+        a.requires_grad_(name in wanted)
+        if r.is_floating_point():
+            r.data.copy_(a)
+            r.requires_grad_(name in wanted)
+        else:
+            r.copy_(a)
+    with RecordOps() as rec:
+        out, h_n = session_gru(*args, variant="cudnn")
+        if wanted:
+            (out.sum() + h_n.sum()).backward()
+    assert out.requires_grad == bool(wanted)
+    backward_calls = [a for f, a in rec.calls if f is torch.ops.gru4rec.session_gru_backward.default]
+    assert len(backward_calls) == (1 if wanted else 0)
+    if wanted:
+        args_seen = backward_calls[0]  # trailing arguments equal to their default (True) are left out
+        flags = tuple(args_seen[12:]) + (True, True)[len(args_seen) - 12:]
+        assert flags == ("input" in wanted, "h0" in wanted)
+        r_out, r_h_n = session_gru_reference(*ref_args, variant="cudnn")
+        (r_out.sum() + r_h_n.sum()).backward()
+    for name, a, r in zip(names, args, ref_args):
+        if name in wanted:
+            assert rel_err(a.grad, r.grad) < 1e-5, name
+        else:
+            assert a.grad is None, name
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_gradcheck_ids_where_row_and_dense_shapes_coincide(variant):
+    """T*B = 3H = N: a row-sparse [T*B, 3H] and a dense [3H, N] weight_ih gradient have one shape."""
+    T, B, H = 2, 3, 2
+    x, reset, h0, w_ih, w_hh, b_ih, b_hh = make_args(T, B, H, 3, True, "cpu", torch.float64, N=3 * H)
+    x[1, :] = x[0, :]  # repeated ids
+    assert torch.autograd.gradcheck(
+        lambda w: session_gru(x, reset, h0.detach(), w, w_hh.detach(), variant=variant)[0], (w_ih,))
+
+
+def test_inference_mode_runs_the_forward_op():
+    args = [a.detach() if a is not None else None for a in make_args(3, 4, 5, 6, False, "cpu")]
+    with torch.inference_mode():
+        out, h_n = session_gru(*args, variant="gru4rec")
+    r_out, r_h_n, _ = torch.ops.gru4rec.session_gru_forward(*args, 1)
+    assert torch.equal(out, r_out) and torch.equal(h_n, r_h_n)
+
+
+def test_session_gru_module_with_a_parametrized_weight():
+    """A parametrized weight (not in _parameters) is still found, and its gradient flows."""
+    from torch.nn.utils import parametrize
+
+    class Double(torch.nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    gru = SessionGRU(6, 5)
+    x, reset = torch.randn(3, 4, 6), torch.rand(3, 4) < 0.3
+    plain = session_gru_reference(x, reset, torch.zeros(4, 5), gru.weight_ih_l0,
+                                  2 * gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0)[0]
+    parametrize.register_parametrization(gru, "weight_hh_l0", Double())
+    out, _ = gru(x, reset)
+    assert rel_err(out, plain) < 1e-5
+    out.sum().backward()
+    assert gru.parametrizations.weight_hh_l0.original.grad is not None

@@ -2,9 +2,10 @@
 
 Two entry points:
 
-* `sampled_ranking_loss(...)` -> 0-dim loss, differentiable w.r.t. hidden, weight and bias
-  (torch.library autograd registration; the weight and bias gradients are dense, summed from
-  the row gradients: index_put accumulate on the CPU, index_add on CUDA).
+* `sampled_ranking_loss(...)` -> 0-dim loss, differentiable w.r.t. hidden, weight and bias: the
+  op `torch.ops.gru4rec.sampled_ranking_loss`, whose autograd is a C++ autograd Function
+  (csrc/sampled_loss_autograd.cpp); the weight and bias gradients are dense, summed from the row
+  gradients (index_put accumulate on the CPU, index_add on CUDA).
 * the row-sparse pair of the trainer, with no autograd involved:
   `state = sampled_loss_forward(...)`, `state.loss`, then
   `grad_hidden, candidates, grad_weight_rows, grad_bias_rows = sampled_loss_backward(state)`;
@@ -14,7 +15,9 @@ Two entry points:
   given its summed gradient once (the op's `columns` argument maps the loss columns to them).
 
 Without a compiled kernel for the device (see `gru4rec_ext._extension.use_kernel`, which logs
-the fallback once) both run the pure-PyTorch reference of `gru4rec_ext.reference_loss`.
+the fallback once) both run the pure-PyTorch reference of `gru4rec_ext.reference_loss`. This
+module registers the fake kernels of the three ops, and keeps a Python autograd formula on
+`sampled_loss_forward` for callers of that op.
 """
 from __future__ import annotations
 
@@ -29,6 +32,8 @@ __all__ = ["sampled_ranking_loss", "sampled_loss_forward", "sampled_loss_backwar
            "SampledLossState"]
 
 _OP = "sampled_loss_forward"
+# torch.ops.gru4rec.sampled_ranking_loss.default (set when the extension is built).
+_RANKING_LOSS = torch.ops.gru4rec.sampled_ranking_loss.default if _extension.available() else None
 _kernel_ok: dict = {}  # device type -> whether the compiled kernel runs there (asked once)
 
 
@@ -57,7 +62,8 @@ def sampled_ranking_loss(hidden, weight, bias, targets, samples, *, loss="cross-
     bpreg: BPR-max's score regularisation; logq > 0: cross-entropy subtracts logq * log_q [B+K]
     from every score; valid bool [B] (an invalid row has no loss, and its target column is no
     row's negative); mask_accidental_hits: a column holding row b's target id is not a negative
-    of row b. Differentiable w.r.t. hidden, weight and bias.
+    of row b. Differentiable w.r.t. hidden, weight and bias (dense gradients), once: the gradients
+    are not differentiable again (double backward raises).
     """
     code, act, alpha = _check_names_and_log_q(loss, activation, elu_alpha, logq, log_q)
     if not _use_kernel(hidden.device):
@@ -65,11 +71,9 @@ def sampled_ranking_loss(hidden, weight, bias, targets, samples, *, loss="cross-
             hidden, weight, bias, targets, samples, loss=loss, activation=activation,
             elu_alpha=elu_alpha, bpreg=bpreg, logq=logq, log_q=log_q, valid=valid,
             mask_accidental_hits=mask_accidental_hits)
-    candidates = _candidates(targets, samples)
-    out, _ = torch.ops.gru4rec.sampled_loss_forward.default(
-        hidden, weight, bias, candidates, log_q, valid, code, act, alpha, float(bpreg),
-        float(logq), bool(mask_accidental_hits))
-    return out
+    # The overload itself, every argument positional: no schema defaults filled in Python.
+    return _RANKING_LOSS(hidden, weight, bias, targets, samples, log_q, valid, code, act, alpha,
+                         float(bpreg), float(logq), bool(mask_accidental_hits))
 
 
 class SampledLossState:
@@ -185,6 +189,17 @@ def _fake_backward(grad_loss, hidden, weight, bias, candidates, log_q, valid, lo
     return hidden.new_empty((B, H)), hidden.new_empty((C, H)), hidden.new_empty((C,))
 
 
+def _fake_ranking_loss(hidden, weight, bias, targets, samples, log_q, valid, loss, activation,
+                       elu_alpha, bpreg, logq, mask_hits):
+    for name, t in (("targets", targets), ("samples", samples)):
+        if t.dtype != torch.int64 or t.dim() != 1:
+            raise TypeError(f"sampled_ranking_loss: {name} must be a 1-D int64 tensor of item ids")
+    candidates = targets.new_empty((targets.shape[0] + samples.shape[0],))
+    return _fake_forward(hidden, weight, bias, candidates, log_q, valid, loss, activation,
+                         elu_alpha, bpreg, logq, mask_hits)[0]
+
+
+# Autograd of sampled_loss_forward for its direct callers (sampled_ranking_loss has its own, in C++).
 def _setup_context(ctx, inputs, output):
     hidden, weight, bias, candidates, log_q, valid = inputs[:6]
     ctx.opts = tuple(inputs[6:12])
@@ -218,6 +233,7 @@ def _register():
         return
     torch.library.register_fake("gru4rec::sampled_loss_forward", _fake_forward)
     torch.library.register_fake("gru4rec::sampled_loss_backward", _fake_backward)
+    torch.library.register_fake("gru4rec::sampled_ranking_loss", _fake_ranking_loss)
     torch.library.register_autograd("gru4rec::sampled_loss_forward", _backward,
                                     setup_context=_setup_context)
 

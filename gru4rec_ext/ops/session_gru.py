@@ -1,10 +1,12 @@
 """`session_gru`: the GRU over T steps of a session-parallel batch (SPEC section 3), differentiable.
 
-It runs `torch.ops.gru4rec.session_gru_forward` / `session_gru_backward` (fused C++ / CUDA
-kernels) where the extension has a kernel for the device, and `session_gru_reference` otherwise
-(the fallback is logged once). This module registers the op's autograd formula and the fake
-(meta) kernels of both ops, so `torch.compile(fullgraph=True)` traces through it; when the
-extension is not built, nothing is registered and the reference runs.
+Where the extension has a kernel for the device it runs `torch.ops.gru4rec.session_gru`, whose
+autograd is a C++ autograd Function (csrc/session_gru_autograd.cpp) over the fused ops
+`session_gru_forward` / `session_gru_backward`; elsewhere `session_gru_reference` (the fallback
+is logged once). This module registers the fake (meta) kernels of the three ops, so
+`torch.compile(fullgraph=True)` traces through them, and keeps a Python autograd formula on
+`session_gru_forward` for callers of that op; when the extension is not built, nothing is
+registered and the reference runs.
 """
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ __all__ = ["session_gru"]
 
 _FORWARD = "gru4rec::session_gru_forward"
 _BACKWARD = "gru4rec::session_gru_backward"
+_DIFFERENTIABLE = "gru4rec::session_gru"
+# torch.ops.gru4rec.session_gru.default (set when the extension is built).
+_SESSION_GRU = torch.ops.gru4rec.session_gru.default if _extension.available() else None
 
 
 _kernel_cache: dict[str, bool] = {}
@@ -42,7 +47,9 @@ def session_gru(input, reset, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=No
     nn.GRU layout (gate blocks r, z, n/c): weight_ih [3H, E], weight_hh [3H, H], bias_ih and
     bias_hh [3H] or None. variant: "cudnn" (torch.nn.GRU's cell) or "gru4rec" (the paper's cell).
     Inputs are T-major; a single step is T = 1. Gradients flow to input (float input only), h0,
-    the weights and the biases. Bad arguments raise errors naming the argument.
+    the weights and the biases (the weight_ih gradient of id input is dense [3H, N]); they are
+    not differentiable again (double backward raises). Bad arguments raise errors naming the
+    argument.
     """
     code = variant_code(variant)
     for name, t in (("input", input), ("h0", h0), ("weight_ih", weight_ih),
@@ -51,9 +58,8 @@ def session_gru(input, reset, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=No
             raise TypeError(f"session_gru: {name} must be a tensor, got {type(t).__name__}")
     reset = as_reset_mask(reset)
     if _kernel_for(weight_hh.device.type):
-        output, h_n, _ = torch.ops.gru4rec.session_gru_forward.default(
-            input, reset, h0, weight_ih, weight_hh, bias_ih, bias_hh, code)
-        return output, h_n
+        # The overload itself, every argument positional: no schema defaults filled in Python.
+        return _SESSION_GRU(input, reset, h0, weight_ih, weight_hh, bias_ih, bias_hh, code)
     return session_gru_reference(input, reset, h0, weight_ih, weight_hh, bias_ih, bias_hh, code)
 
 
@@ -136,6 +142,12 @@ def _register() -> None:
                 torch.empty_like(bias_ih) if bias_ih is not None else weight_hh.new_empty((0,)),
                 torch.empty_like(bias_hh) if bias_hh is not None else weight_hh.new_empty((0,)))
 
+    @torch.library.register_fake(_DIFFERENTIABLE)
+    def _session_gru_fake(input, reset, h0, weight_ih, weight_hh, bias_ih, bias_hh, variant):
+        T, B, H = _check_forward(input, reset, h0, weight_ih, weight_hh, bias_ih, bias_hh, variant)
+        return weight_hh.new_empty((T, B, H)), weight_hh.new_empty((B, H))
+
+    # Autograd of session_gru_forward for its direct callers (session_gru above has its own, in C++).
     def _setup_context(ctx, inputs, output):
         input, reset, h0, weight_ih, weight_hh, bias_ih, bias_hh, variant = inputs
         out, _, workspace = output
