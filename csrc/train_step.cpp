@@ -254,6 +254,7 @@ std::tuple<Tensor, Tensor> train_step_compose(
   return {loss_value, L == 1 ? outs[0].unsqueeze(0) : at::stack(outs)};
 }
 
+#ifndef GRU4REC_CUDA_EMU  // the emulation registers its own kernel (csrc/emu/train_step_emu.cpp)
 namespace {
 
 // The registered kernels: the CPU scores distinct candidates unless dedup=False; Meta runs the
@@ -290,6 +291,7 @@ std::tuple<Tensor, Tensor> train_step_meta(
 }
 
 }  // namespace
+#endif
 }  // namespace gru4rec
 
 TORCH_LIBRARY_FRAGMENT(gru4rec, m) {
