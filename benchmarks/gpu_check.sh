@@ -2,7 +2,7 @@
 # First contact with a GPU: the one prepared run for a lent H200 (python3 3.12, torch 2.11 + CUDA
 # 13, nvcc, compute-sanitizer, no network), whose every log lands in $OUT. Run it before anything
 # else on a new GPU and commit what it found.
-#   device run: bash benchmarks/gpu_check.sh            (timeout_s 560; the stages' limits sum to 505 s)
+#   device run: bash benchmarks/gpu_check.sh            (timeout_s 560; the stages' limits sum to 474 s, under 8 minutes)
 #   here:       GPU_CHECK_DRY_RUN=1 bash benchmarks/gpu_check.sh   (prints the stages, runs nothing)
 # Stages, each with its own time limit, each recorded in $OUT/summary.txt with its exit status; a
 # failing stage never stops the script (a first run must show every failure, not the first):
@@ -51,7 +51,7 @@ run() {
 }
 
 # 1. machine
-run machine 15 bash -c "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv; \
+run machine 10 bash -c "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv; \
   $PY -c 'import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, torch.cuda.get_device_name())'; \
   git rev-parse HEAD 2>/dev/null || echo \"commit: \${GRU4REC_COMMIT:-unknown}\"; which compute-sanitizer; uname -r"
 
@@ -113,7 +113,7 @@ for job in "memcheck tests" "memcheck train" "racecheck tests" "racecheck train"
     cmd=("${TRAIN[@]}")
   fi
   # Without the caching allocator every tensor is its own allocation, so memcheck sees overruns.
-  run "$name" 32 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "${SAN[@]}" --tool "$tool" "${cmd[@]}"
+  run "$name" 28 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "${SAN[@]}" --tool "$tool" "${cmd[@]}"
   rc=$?
   if [ "$DRY" != "1" ] && [ $rc -ne 0 ] && refused "$name"; then
     note "   compute-sanitizer refused the device (a gVisor runtime does); sanitizer runs skipped"
@@ -125,10 +125,10 @@ run train-cuda 25 "${TRAIN[@]}"
 # 5. benchmarks (results in $OUT/results.tar.gz)
 RES="$OUT/results"
 mkdir -p "$RES"
-run bench-gru 30 "$PY" benchmarks/bench_gru.py --device cuda --grid cpu --dtypes float32 bfloat16 --min-time 0.02 --out "$RES"
+run bench-gru 25 "$PY" benchmarks/bench_gru.py --device cuda --grid cpu --dtypes float32 bfloat16 --min-time 0.02 --out "$RES"
 run bench-loss 25 "$PY" benchmarks/bench_loss.py --device cuda --grid full --dtypes float32 bfloat16 --min-time 0.02 --out "$RES"
 run bench-train 30 "$PY" benchmarks/bench_train.py --device cuda --steps 300 --out "$RES"
-run bench-autograd 30 "$PY" benchmarks/bench_autograd.py --device cuda --min-time 0.02 --out "$RES"
+run bench-autograd 25 "$PY" benchmarks/bench_autograd.py --device cuda --min-time 0.02 --out "$RES"
 if [ "$DRY" != "1" ]; then
   tar -czf "$OUT/results.tar.gz" -C "$RES" . && rm -rf "$RES"
 fi
