@@ -254,44 +254,6 @@ std::tuple<Tensor, Tensor> train_step_compose(
   return {loss_value, L == 1 ? outs[0].unsqueeze(0) : at::stack(outs)};
 }
 
-#ifndef GRU4REC_CUDA_EMU  // the emulation registers its own kernel (csrc/emu/train_step_emu.cpp)
-namespace {
-
-// The registered kernels: the CPU scores distinct candidates unless dedup=False; Meta runs the
-// composition of the CUDA mode through the ops' fake kernels (benchmarks/bench_train.py --meta
-// times the host side of a CUDA step so).
-std::tuple<Tensor, Tensor> train_step_cpu(
-    const Tensor& inputs, const Tensor& targets, const Tensor& reset, const OptTensor& valid, const Tensor& samples,
-    const OptTensor& log_count, const OptTensor& log_weight, const Tensor& hidden, at::TensorList tables,
-    at::TensorList table_accs, at::TensorList table_moms, at::TensorList gru_params, at::TensorList gru_accs,
-    at::TensorList gru_moms, at::IntArrayRef variants, int64_t input_mode, double dropout_embed,
-    double dropout_hidden, int64_t loss, int64_t activation, double elu_alpha, double bpreg, double logq,
-    bool mask_hits, double lr, double momentum, double eps, std::optional<bool> dedup, const OptTensor& log_q) {
-  static const StepOps ops("gru4rec");
-  return train_step_compose(ops, dedup.value_or(true), inputs, targets, reset, valid, samples, log_count, log_weight,
-                            hidden, tables, table_accs, table_moms, gru_params, gru_accs, gru_moms, variants,
-                            input_mode, dropout_embed, dropout_hidden, loss, activation, elu_alpha, bpreg, logq,
-                            mask_hits, lr, momentum, eps, log_q);
-}
-
-std::tuple<Tensor, Tensor> train_step_meta(
-    const Tensor& inputs, const Tensor& targets, const Tensor& reset, const OptTensor& valid, const Tensor& samples,
-    const OptTensor& log_count, const OptTensor& log_weight, const Tensor& hidden, at::TensorList tables,
-    at::TensorList table_accs, at::TensorList table_moms, at::TensorList gru_params, at::TensorList gru_accs,
-    at::TensorList gru_moms, at::IntArrayRef variants, int64_t input_mode, double dropout_embed,
-    double dropout_hidden, int64_t loss, int64_t activation, double elu_alpha, double bpreg, double logq,
-    bool mask_hits, double lr, double momentum, double eps, std::optional<bool> dedup, const OptTensor& log_q) {
-  static const StepOps ops("gru4rec");
-  TORCH_CHECK(!dedup.value_or(false), "train_step_: dedup=True has no meta kernel (unique_ids' output size is "
-              "data-dependent); the meta kernel runs the CUDA mode, dedup=False");
-  return train_step_compose(ops, false, inputs, targets, reset, valid, samples, log_count, log_weight, hidden,
-                            tables, table_accs, table_moms, gru_params, gru_accs, gru_moms, variants, input_mode,
-                            dropout_embed, dropout_hidden, loss, activation, elu_alpha, bpreg, logq, mask_hits, lr,
-                            momentum, eps, log_q);
-}
-
-}  // namespace
-#endif
 }  // namespace gru4rec
 
 TORCH_LIBRARY_FRAGMENT(gru4rec, m) {
@@ -308,6 +270,10 @@ TORCH_LIBRARY_FRAGMENT(gru4rec, m) {
 }
 
 #ifndef GRU4REC_CUDA_EMU  // the emulated op registers its own kernel (csrc/emu/train_step_emu.cpp)
-TORCH_LIBRARY_IMPL(gru4rec, CPU, m) { m.impl("train_step_", &gru4rec::train_step_cpu); }
-TORCH_LIBRARY_IMPL(gru4rec, Meta, m) { m.impl("train_step_", &gru4rec::train_step_meta); }
+TORCH_LIBRARY_IMPL(gru4rec, CPU, m) {
+  m.impl("train_step_", &gru4rec::train_step_kernel<gru4rec::kGru4recOps, true>);
+}
+TORCH_LIBRARY_IMPL(gru4rec, Meta, m) {
+  m.impl("train_step_", &gru4rec::train_step_kernel<gru4rec::kGru4recOps, false>);
+}
 #endif

@@ -66,4 +66,31 @@ std::tuple<at::Tensor, at::Tensor> train_step_compose(
     double elu_alpha, double bpreg, double logq, bool mask_hits, double lr, double momentum, double eps,
     const OptTensor& log_q);
 
+
+// The namespace of the package's ops, for train_step_kernel.
+inline constexpr char kGru4recOps[] = "gru4rec";
+
+// The registered kernels of gru4rec::train_step_ (CPU, Meta, CUDA) and gru4rec_emu::train_step_:
+// train_step_compose over the ops of namespace Ns. kCanDedup: the key scores distinct candidates
+// by default (the CPU); elsewhere dedup=True is refused, since unique_ids' output size is
+// data-dependent and its kernel CPU-only (Meta then runs the CUDA mode through the fake kernels).
+template <const char* Ns, bool kCanDedup>
+std::tuple<at::Tensor, at::Tensor> train_step_kernel(
+    const at::Tensor& inputs, const at::Tensor& targets, const at::Tensor& reset, const OptTensor& valid,
+    const at::Tensor& samples, const OptTensor& log_count, const OptTensor& log_weight, const at::Tensor& hidden,
+    at::TensorList tables, at::TensorList table_accs, at::TensorList table_moms, at::TensorList gru_params,
+    at::TensorList gru_accs, at::TensorList gru_moms, at::IntArrayRef variants, int64_t input_mode,
+    double dropout_embed, double dropout_hidden, int64_t loss, int64_t activation, double elu_alpha, double bpreg,
+    double logq, bool mask_hits, double lr, double momentum, double eps, std::optional<bool> dedup,
+    const OptTensor& log_q) {
+  TORCH_CHECK(kCanDedup || !dedup.value_or(false), "train_step_ (", inputs.device().type(), ", ", Ns,
+              "): dedup=True is CPU-only (gru4rec::unique_ids and the loss's columns); pass dedup=False or None "
+              "here (the same update)");
+  static const StepOps ops(Ns);
+  return train_step_compose(ops, kCanDedup && dedup.value_or(true), inputs, targets, reset, valid, samples,
+                            log_count, log_weight, hidden, tables, table_accs, table_moms, gru_params, gru_accs,
+                            gru_moms, variants, input_mode, dropout_embed, dropout_hidden, loss, activation,
+                            elu_alpha, bpreg, logq, mask_hits, lr, momentum, eps, log_q);
+}
+
 }  // namespace gru4rec
