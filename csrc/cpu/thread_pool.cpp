@@ -120,12 +120,19 @@ class Pool {
         std::this_thread::yield();
       }
     }
+    // Close the job before the next one rewrites its fields: a worker that loaded a claim word of
+    // this job and was preempted before its compare-exchange must not succeed later, against the
+    // next job's larger total_, and run (and count in done_) a chunk that no job gave it.
+    claim_.store((static_cast<uint64_t>(seq) << 32) | kClosed, std::memory_order_release);
     update_backoff(own, t1 - t0, Clock::now() - t1);
     if (error_) std::rethrow_exception(error_);
   }
 
  private:
   Pool() = default;
+
+  // The claim counter of a finished job: above any chunk count, so no chunk of it can be claimed.
+  static constexpr uint64_t kClosed = 0xffffffffu;
 
   // A worker that a busy core took away in the middle of a chunk makes the caller wait for it, up to
   // a scheduler time slice. When the caller waited much longer than a chunk takes (a stall), it runs
