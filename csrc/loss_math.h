@@ -150,6 +150,13 @@ at::Tensor sampled_loss_scores(const at::Tensor& hidden, const at::Tensor& weigh
 at::Tensor workspace_grad_scores(const at::Tensor& workspace, const SampledLossDims& dims);
 at::Tensor workspace_rows(const at::Tensor& workspace, const SampledLossDims& dims);
 
+// The backward's two products and column sum from dL/dS [B,U] (already times grad_loss) and the
+// workspace's gathered rows: writes dL/dW[c] into grad_weight_rows [U,H] (any view BLAS takes, such
+// as the first U rows of a larger buffer) and returns (grad_hidden [B,H], grad_bias_rows [U]).
+std::tuple<at::Tensor, at::Tensor> sampled_loss_grads_into(at::Tensor& grad_weight_rows, const at::Tensor& grad_scores,
+                                                           const at::Tensor& workspace, const at::Tensor& hidden,
+                                                           const SampledLossDims& dims);
+
 // The whole backward op (two GEMMs and a column sum, through ATen: BLAS / cuBLAS): the same code
 // serves both backends once the forward has left dL/dS in the workspace.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sampled_loss_backward_common(

@@ -162,11 +162,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sampled_loss_backward_common(
   const at::Tensor grad_scores =
       unit ? workspace_grad_scores(workspace, d)
            : at::mul(workspace_grad_scores(workspace, d), grad_loss.reshape({}).to(hidden.scalar_type()));
+  at::Tensor grad_weight_rows = at::empty({d.U, d.H}, hidden.options());
+  auto [grad_hidden, grad_bias_rows] = sampled_loss_grads_into(grad_weight_rows, grad_scores, workspace, hidden, d);
+  return {grad_hidden, grad_weight_rows, grad_bias_rows};
+}
+
+std::tuple<at::Tensor, at::Tensor> sampled_loss_grads_into(at::Tensor& grad_weight_rows, const at::Tensor& grad_scores,
+                                                           const at::Tensor& workspace, const at::Tensor& hidden,
+                                                           const SampledLossDims& d) {
   const at::Tensor rows = workspace_rows(workspace, d);
   at::Tensor grad_hidden = gru4rec::mm(grad_scores, rows);
-  at::Tensor grad_weight_rows = gru4rec::mm(grad_scores.t(), hidden);
-  at::Tensor grad_bias_rows = grad_scores.sum(0);
-  return {grad_hidden, grad_weight_rows, grad_bias_rows};
+  gru4rec::mm_out(grad_weight_rows, grad_scores.t(), hidden);
+  return {grad_hidden, grad_scores.sum(0)};
 }
 
 }  // namespace gru4rec

@@ -172,9 +172,23 @@ std::tuple<Tensor, Tensor> train_step_compose(
   }
   auto [loss_value, loss_ws] = ops.loss_forward.call(top, Wy, By, scored, log_q, valid, loss, activation, elu_alpha,
                                                       bpreg, logq, mask_hits, columns);
-  const Tensor one = at::ones({}, top.options());
-  auto [grad_top, grad_w, grad_b] = ops.loss_backward.call(one, top, Wy, By, scored, log_q, valid, loss, activation,
-                                                            elu_alpha, bpreg, logq, mask_hits, loss_ws, columns);
+  // In dedup mode (CPU) with the shared table, its one update reads its rows from one buffer: the
+  // loss's dL/dW[c] goes straight into the first U rows, the input rows' gradients later into the
+  // last B (no [U+B,H] concatenation). The loss's checks ran in its forward.
+  const bool joined_rows = dedup && input_mode == kShared;
+  Tensor grad_top, grad_w, grad_b, shared_rows;
+  if (joined_rows) {
+    const int64_t U = scored.size(0), B = top.size(0), H = top.size(1);
+    shared_rows = at::empty({U + B, H}, top.options());
+    grad_w = shared_rows.narrow(0, 0, U);
+    const SampledLossDims d{B, candidates.size(0), U, H, n_items};
+    std::tie(grad_top, grad_b) = sampled_loss_grads_into(grad_w, workspace_grad_scores(loss_ws, d), loss_ws, top, d);
+  } else {
+    const Tensor one = at::ones({}, top.options());
+    std::tie(grad_top, grad_w, grad_b) = ops.loss_backward.call(one, top, Wy, By, scored, log_q, valid, loss,
+                                                                 activation, elu_alpha, bpreg, logq, mask_hits, loss_ws,
+                                                                 columns);
+  }
 
   // Backward through the layers (h0 is detached: no grad_h0).
   std::vector<Tensor> gru_grads(4 * L);
@@ -221,8 +235,9 @@ std::tuple<Tensor, Tensor> train_step_compose(
   if (dedup) {
     sparse_update(ops, By, table_accs[1], mom_of(1), upd_items, grad_b, lr, momentum, eps);
     if (input_mode == kShared) {  // one update, so that a row touched twice is updated once
-      sparse_update(ops, Wy, table_accs[0], mom_of(0), at::cat({upd_items, upd_inputs}), at::cat({grad_w, g}), lr,
-                    momentum, eps);
+      shared_rows.narrow(0, grad_w.size(0), g.size(0)).copy_(g);
+      sparse_update(ops, Wy, table_accs[0], mom_of(0), at::cat({upd_items, upd_inputs}), shared_rows, lr, momentum,
+                    eps);
     } else {
       sparse_update(ops, Wy, table_accs[0], mom_of(0), upd_items, grad_w, lr, momentum, eps);
     }
