@@ -132,4 +132,8 @@ run bench-autograd 25 "$PY" benchmarks/bench_autograd.py --device cuda --min-tim
 if [ "$DRY" != "1" ]; then
   tar -czf "$OUT/results.tar.gz" -C "$RES" . && rm -rf "$RES"
 fi
-note "== done in $(( $(date +%s) - t0 )) s; failed stages: ${failed[*]:-none}; logs in $OUT"
+note "== done in $(( $(date +%s) - t0 )) s; failed stages: ${failed[*]:-none}; logs in $OUT/logs.tar.gz"
+# The device tool returns at most 8 files: the stage logs travel as one tarball beside summary.txt.
+if [ "$DRY" != "1" ]; then
+  (cd "$OUT" && tar -czf logs.tar.gz ./*.log && rm -f ./*.log "$TINY")
+fi
