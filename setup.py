@@ -81,7 +81,10 @@ def extension():
     debug = bool(_env_flag("GRU4REC_DEBUG"))
     opt = ["-O0", "-g"] if debug else ["-O3"]
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    cxx = opt + ["-fopenmp"]  # the C++ standard is the one torch's cpp_extension picks for its headers
+    # C++20 (std::type_identity, std::atomic wait/notify): torch >= 2.13 picks it by itself, but
+    # older cpp_extensions append -std=c++17 unless a standard is given (seen with torch 2.11).
+    std = ["-std=c++20"]
+    cxx = opt + std + ["-fopenmp"]
     include_dirs = [os.path.join(HERE, "csrc")]
     define_macros = [("TORCH_EXTENSION_NAME", "_C")]
     if want_cuda():
@@ -92,7 +95,7 @@ def extension():
         if not have:
             include_dirs += pip_cuda_include_dirs()
         define_macros.append(("WITH_CUDA", None))
-        nvcc = opt + ["--expt-relaxed-constexpr", "-lineinfo"]
+        nvcc = opt + std + ["--expt-relaxed-constexpr", "-lineinfo"]
         return CUDAExtension("gru4rec_ext._C", sources, include_dirs=include_dirs,
                              define_macros=define_macros,
                              extra_compile_args={"cxx": cxx, "nvcc": nvcc},
@@ -111,7 +114,7 @@ def emulation_extension():
                         include_dirs=[os.path.join(HERE, "csrc")],
                         define_macros=[("TORCH_EXTENSION_NAME", "_cuda_emu"),
                                        ("GRU4REC_CUDA_EMU", None)],
-                        extra_compile_args={"cxx": opt + ["-Wno-unknown-pragmas"]})
+                        extra_compile_args={"cxx": opt + ["-std=c++20", "-Wno-unknown-pragmas"]})
 
 
 def extensions():

@@ -42,6 +42,14 @@ def _case(dtype, device, n=30, d=7, m=40, seed=0):
     return [t.to(device) for t in (p, acc, mom, idx, rows)]
 
 
+def _same(a, b, device, kernel):
+    """Bit for bit, except the PyTorch fallback on CUDA: its index_add_ sums duplicate rows with
+    atomics in no fixed order, so two runs agree only to float32 rounding (seen on an H200)."""
+    if device == "cuda" and not kernel:
+        return torch.allclose(a, b, rtol=1e-6, atol=1e-6)
+    return torch.equal(a, b)
+
+
 def _sparse(device, kernel, p, acc, mom, idx, rows, lr, mu):
     scratch = torch.zeros(p.shape, dtype=acc.dtype, device=device)
     sparse_adagrad_update_(p, acc, mom if mu > 0 else None, scratch, idx, rows, lr, mu, use_kernel=kernel)
@@ -89,7 +97,7 @@ def test_sparse_update_skips_negative_indices(device, kernel, dtype, mu):
     got = [t.clone() for t in (p, acc, mom)]
     _sparse(device, kernel, *got, torch.where(skip, -1, idx), rows_nan, 0.1, mu)
     for e, g in zip(expect, got):
-        assert torch.equal(e, g)
+        assert _same(e, g, device, kernel)
     assert torch.equal(got[0][0], p[0]) and torch.equal(got[2][0], mom[0])
 
 
@@ -97,13 +105,13 @@ def test_sparse_update_skips_negative_indices(device, kernel, dtype, mu):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_sparse_update_of_a_transposed_view_updates_columns(device, kernel, dtype):
     """param = weight.t() (acc, mom viewed alike) updates weight's columns in place: the same
-    values, bit for bit, as the update of a contiguous copy of the transposed weight."""
+    values, bit for bit (see _same), as the update of a contiguous copy of the transposed weight."""
     p, acc, mom, idx, rows = _case(dtype, device, n=25, d=9, m=30, seed=2)
     weight, acc_w, mom_w = (t.t().contiguous() for t in (p, acc, mom))  # [D, N] tensors
     _sparse(device, kernel, p, acc, mom, idx, rows, 0.1, 0.3)
     _sparse(device, kernel, weight.t(), acc_w.t(), mom_w.t(), idx, rows, 0.1, 0.3)
     for contiguous, columns in ((p, weight), (acc, acc_w), (mom, mom_w)):
-        assert torch.equal(contiguous, columns.t())
+        assert _same(contiguous, columns.t(), device, kernel)
 
 
 @pytest.mark.skipif(not SPARSE_KERNEL["cpu"], reason="kernel not built")
