@@ -6,7 +6,9 @@ silently taken.
 """
 from __future__ import annotations
 
+import glob
 import logging
+import os
 
 import torch
 
@@ -17,6 +19,11 @@ try:
     _IMPORT_ERROR: Exception | None = None
 except ImportError as exc:  # not built, or built against another torch
     _C = None
+    _here = os.path.dirname(os.path.abspath(__file__))
+    if not glob.glob(os.path.join(_here, "_C*.so")) and not glob.glob(os.path.join(_here, "_C*.pyd")):
+        # Python's own message here ("partially initialized module ... circular import") misleads.
+        exc = ImportError(f"no compiled gru4rec_ext._C in {_here}: build it with `pip install "
+                          "--no-build-isolation -e .` or `python setup.py build_ext --inplace`")
     _IMPORT_ERROR = exc
 
 _warned: set[str] = set()
