@@ -66,8 +66,14 @@ EOF
 }
 
 if [ "$WHICH" = diginetica ] || [ "$WHICH" = all ]; then
+  # A search of the authors' whole bpr-max space (5700 s, 10-epoch trials, 2026-12-04) ran 19
+  # trials, 16 of them pruned (several diverged), and its best was the preset itself; 10-epoch
+  # trials of a 512-unit model (~35 min each) leave the search 2-3 complete trials. So this one
+  # searches near the preset (benchmarks/tune_spaces/diginetica_near_preset.json: the preset's
+  # layer size and loss, the other ranges around its values) with 5-epoch trials, for 65 minutes.
   run diginetica diginetica "$D/diginetica/diginetica_train_full.tsv.xz" "$D/diginetica/diginetica_test.tsv.xz" \
-      5700 diginetica 92 --prune-after 1 --prune-startup 2 --startup-trials 5
+      "${DIGI_TIMEOUT:-3900}" diginetica 92 --space benchmarks/tune_spaces/diginetica_near_preset.json \
+      --params n_epochs=5 --prune-after 1 --prune-startup 2 --startup-trials 4
 fi
 if [ "$WHICH" = rsc15_100k ] || [ "$WHICH" = all ]; then
   run rsc15_100k rsc15_100k "$D/rsc15_100k/yoochoose-clicks-100k_train_full.txt" "$D/rsc15_100k/yoochoose-clicks-100k_test.txt" \
