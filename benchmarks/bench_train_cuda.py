@@ -69,7 +69,8 @@ def make_trainer(cfg: dict, data: SessionData, device, cuda_graph: bool, seed: i
 
 def launches_per_step(step, n: int) -> dict:
     """torch.profiler over n more steps of a bound StaticStep: per step, GPU kernels, memcpy/memset
-    operations, and host launch calls."""
+    operations, host launch calls, and each kernel's name with its count and GPU time per step (so
+    that a GPU run shows where the step's time goes)."""
     from torch.profiler import ProfilerActivity, profile
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -77,15 +78,23 @@ def launches_per_step(step, n: int) -> dict:
             step.advance()
         torch.cuda.synchronize()
     kernels = copies = calls = 0
+    by_name: dict[str, list[float]] = {}
     for e in prof.events():
         if e.device_type == torch.autograd.DeviceType.CUDA:
             if e.name.startswith(("Memcpy", "Memset")):
                 copies += 1
             else:
                 kernels += 1
+            us = float(getattr(e, "device_time", None) or getattr(e, "cuda_time", 0.0) or 0.0)
+            entry = by_name.setdefault(e.name[:120], [0, 0.0])
+            entry[0] += 1
+            entry[1] += us
         elif e.name in _LAUNCH_CALLS:
             calls += 1
-    return {"gpu_kernels": kernels / n, "gpu_copies": copies / n, "host_launch_calls": calls / n}
+    table = sorted(({"name": k, "per_step": c / n, "us_per_step": t / n} for k, (c, t) in by_name.items()),
+                   key=lambda r: -r["us_per_step"])
+    return {"gpu_kernels": kernels / n, "gpu_copies": copies / n, "host_launch_calls": calls / n,
+            "gpu_us_per_step": sum(r["us_per_step"] for r in table), "kernel_table": table}
 
 
 def run_cuda(args) -> dict:
@@ -173,6 +182,14 @@ def format_cuda(result: dict) -> list[str]:
             lines.append(f"{preset:<13} {mode:<6} {x['events_per_s']:>11,.0f} {x['gpu_kernels']:>13.1f} "
                          f"{x['gpu_copies']:>12.1f} {x['host_launch_calls']:>18.1f}  {x['runner_mode']}{why}")
         lines.append(f"{preset:<13} graph/eager: {r['graph']['events_per_s'] / r['eager']['events_per_s']:.2f}x")
+    for preset, r in result.items():  # where the graph step's GPU time goes
+        g = r["graph"]
+        if "kernel_table" not in g:
+            continue
+        lines.append(f"{preset} graph step, GPU time by kernel ({g['gpu_us_per_step']:.1f} us/step in kernels "
+                     f"and copies; wall {1e6 * r['batch_size'] / g['events_per_s']:.1f} us/step):")
+        for k in g["kernel_table"]:
+            lines.append(f"  {k['us_per_step']:>8.2f} us  x{k['per_step']:<4.1f} {k['name'][:100]}")
     return lines
 
 
