@@ -123,7 +123,7 @@ GruDims check_session_gru_backward(const Tensor& grad_output, const Tensor& grad
               workspace.scalar_type(), " but must be ", ws_dtype, " (the forward's workspace for ",
               "weight_hh of dtype ", weight_hh.scalar_type(), ")");
   check_shape(grad_output, "grad_output", {d.T, d.B, d.H}, "[T, B, H]");
-  check_shape(grad_h_n, "grad_h_n", {d.B, d.H}, "[B, H]");
+  if (grad_h_n.numel() != 0) check_shape(grad_h_n, "grad_h_n", {d.B, d.H}, "[B, H]");  // empty: none
   check_shape(output, "output", {d.T, d.B, d.H}, "[T, B, H]");
   check_shape(workspace, "workspace", {d.T, d.B, 4 * d.H}, "[T, B, 4*H]");
   return d;
@@ -140,7 +140,8 @@ TORCH_LIBRARY_FRAGMENT(gru4rec, m) {
       "session_gru_forward(Tensor input, Tensor reset, Tensor h0, Tensor weight_ih, "
       "Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, int variant) "
       "-> (Tensor output, Tensor h_n, Tensor workspace)");
-  // grad_input is an empty tensor for id input or need_grad_input=False; grad_h0 is empty for
+  // grad_h_n [B,H], or an empty tensor when no gradient flows into h_n (the trainer's step: no
+  // zero fill). grad_input is an empty tensor for id input or need_grad_input=False; grad_h0 is empty for
   // need_grad_h0=False (its product is skipped: GRU4Rec training detaches h0); grad_bias_* are
   // empty tensors when the bias is None.
   m.def(

@@ -208,7 +208,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> session_gru_backward_
   for (int64_t t = T - 1; t >= 0; --t) {
     const auto off = [&](int64_t row) { return t * row * esize; };
     s.grad_out = static_cast<const char*>(go.const_data_ptr()) + off(B * H);
-    s.grad_h_n = t == T - 1 ? ghn.const_data_ptr() : nullptr;
+    s.grad_h_n = t == T - 1 && ghn.numel() != 0 ? ghn.const_data_ptr() : nullptr;  // empty: none
     s.reset_next = t == T - 1 ? nullptr : reset_p + (t + 1) * B;
     s.reset = reset_p + t * B;
     s.hprev = t == 0 ? h0.const_data_ptr()

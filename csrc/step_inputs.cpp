@@ -9,7 +9,10 @@
 // valid_all bool [S,B] (contiguous); cache int64 [Nc]; log_count, log_weight [N] (both or
 // neither) float32/float64/bfloat16; out (in place): inputs int64 [B], candidates int64 [B+K]
 // (targets, then samples), reset, valid bool [B], log_q [B+K] in the log tables' dtype
-// (log_count[target] for the B targets, log_weight[sample] for the K samples), or [0] without them.
+// (log_count[target] for the B targets, log_weight[sample] for the K samples), or [0] without them;
+// update_ids int64 [2B+K] (optional): the rows the step's sparse updates touch, as train_step_
+// takes them: the targets with -1 for the rows that are not valid, the samples, the input ids with
+// -1 for the rows that are not valid.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -23,7 +26,7 @@ StepInputDims check_step_inputs_args(const at::Tensor& step, const at::Tensor& o
                                      const std::optional<at::Tensor>& log_count,
                                      const std::optional<at::Tensor>& log_weight, const at::Tensor& inputs,
                                      const at::Tensor& candidates, const at::Tensor& reset, const at::Tensor& valid,
-                                     const at::Tensor& log_q) {
+                                     const at::Tensor& log_q, const std::optional<at::Tensor>& update_ids) {
   const auto device = inputs_all.device();
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"step", &step}, {"offset", &offset}}) {
     TORCH_CHECK(t->dim() == 0 && t->scalar_type() == at::kLong, "step_inputs_: ", name,
@@ -75,6 +78,13 @@ StepInputDims check_step_inputs_args(const at::Tensor& step, const at::Tensor& o
     TORCH_CHECK(log_q.numel() == 0, "step_inputs_: log_q must be empty without log_count and log_weight, got ",
                 log_q.sizes());
   }
+  const bool has_upd = update_ids.has_value() && update_ids->defined();
+  if (has_upd) {
+    TORCH_CHECK(update_ids->dim() == 1 && update_ids->size(0) == 2 * B + K && update_ids->scalar_type() == at::kLong &&
+                    update_ids->is_contiguous() && update_ids->device() == device,
+                "step_inputs_: update_ids must be a contiguous int64 [2B+K=", 2 * B + K, "] tensor on ", device,
+                ", got ", update_ids->scalar_type(), " ", update_ids->sizes(), " on ", update_ids->device());
+  }
   const at::Tensor* every[] = {&step, &offset, &targets_all, &reset_all, &valid_all, &cache,
                                &inputs, &candidates, &reset, &valid, &log_q};
   for (const at::Tensor* t : every) {
@@ -85,15 +95,17 @@ StepInputDims check_step_inputs_args(const at::Tensor& step, const at::Tensor& o
     TORCH_CHECK(log_count->device() == device && log_weight->device() == device,
                 "step_inputs_: log_count and log_weight must be on ", device);
   }
-  return {S, B, K, cache.size(0), has_lc};
+  return {S, B, K, cache.size(0), has_lc, has_upd};
 }
 
 }  // namespace gru4rec
 
 TORCH_LIBRARY_FRAGMENT(gru4rec, m) {
   // See the top of this file: reads schedule row `step` and K samples at `offset` into the static
-  // buffers, then advances step by 1 and offset by K (all on the tensors' device).
+  // buffers (and the update rows into update_ids when given), then advances step by 1 and offset
+  // by K (all on the tensors' device).
   m.def("step_inputs_(Tensor(a!) step, Tensor(b!) offset, Tensor inputs_all, Tensor targets_all, Tensor reset_all, "
         "Tensor valid_all, Tensor cache, Tensor? log_count, Tensor? log_weight, Tensor(c!) inputs, "
-        "Tensor(d!) candidates, Tensor(e!) reset, Tensor(f!) valid, Tensor(g!) log_q) -> ()");
+        "Tensor(d!) candidates, Tensor(e!) reset, Tensor(f!) valid, Tensor(g!) log_q, "
+        "Tensor(h!)? update_ids=None) -> ()");
 }

@@ -9,7 +9,8 @@ namespace gru4rec {
 // Sizes of one call: S steps in the schedule, B rows, K samples, Nc cached samples.
 struct StepInputDims {
   int64_t S = 0, B = 0, K = 0, Nc = 0;
-  bool log_q = false;  // log_count / log_weight given: log_q is written
+  bool log_q = false;       // log_count / log_weight given: log_q is written
+  bool update_ids = false;  // update_ids given: written
 };
 
 // Throws (TORCH_CHECK) naming the bad argument; see csrc/step_inputs.cpp.
@@ -19,6 +20,6 @@ StepInputDims check_step_inputs_args(const at::Tensor& step, const at::Tensor& o
                                      const std::optional<at::Tensor>& log_count,
                                      const std::optional<at::Tensor>& log_weight, const at::Tensor& inputs,
                                      const at::Tensor& candidates, const at::Tensor& reset, const at::Tensor& valid,
-                                     const at::Tensor& log_q);
+                                     const at::Tensor& log_q, const std::optional<at::Tensor>& update_ids);
 
 }  // namespace gru4rec

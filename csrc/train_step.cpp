@@ -37,7 +37,8 @@ StepOps::StepOps(const std::string& ns_)
       loss_backward(find_op(ns, "sampled_loss_backward").typed<LossBackwardFn>()),
       sparse_adagrad(find_op(ns, "sparse_adagrad_").typed<SparseAdagradFn>()),
       sparse_adagrad_pair(find_op(ns, "sparse_adagrad_pair_").typed<SparseAdagradPairFn>()),
-      dense_adagrad(find_op(ns, "dense_adagrad_").typed<DenseAdagradFn>()) {
+      dense_adagrad(find_op(ns, "dense_adagrad_").typed<DenseAdagradFn>()),
+      dropout_apply(find_op(ns, "dropout_apply_").typed<DropoutApplyFn>()) {
   if (auto op = c10::Dispatcher::singleton().findSchema({ns + "::unique_ids", ""})) {
     unique_ids = op->typed<UniqueIdsFn>();
   }
@@ -49,8 +50,13 @@ using at::Tensor;
 
 enum InputMode : int64_t { kShared = 0, kEmbedding = 1, kOneHot = 2 };
 
-// The dropout mask GRU4Rec's trainer draws: (u >= p) / (1 - p), u uniform like x.
-Tensor dropout_mask(const Tensor& like, double p) { return at::rand_like(like).ge_(p).mul_(1.0 / (1.0 - p)); }
+// GRU4Rec's dropout of x (contiguous): the mask (u >= p) / (1 - p) from uniform draws u like x
+// (torch's generator) into `mask`, and x * mask returned; one dropout_apply_ kernel after the draw
+// (the same results as rand_like(x).ge_(p).mul_(1 / (1 - p)) and x * mask).
+Tensor apply_dropout(const StepOps& ops, const Tensor& x, double p, Tensor& mask) {
+  mask = at::rand_like(x);
+  return ops.dropout_apply.call(mask, x, p);
+}
 
 // The row-sparse update of one table (duplicates summed, negative indices skipped); a 1-D table is
 // updated as [N, 1].
@@ -91,7 +97,7 @@ std::tuple<Tensor, Tensor> train_step_compose(
     at::TensorList gru_params, at::TensorList gru_accs, at::TensorList gru_moms, at::IntArrayRef variants,
     int64_t input_mode, double dropout_embed, double dropout_hidden, int64_t loss, int64_t activation,
     double elu_alpha, double bpreg, double logq, bool mask_hits, double lr, double momentum, double eps,
-    const OptTensor& given_log_q) {
+    const OptTensor& given_log_q, const OptTensor& update_ids) {
   // The ops below run their kernels directly (no autograd layer: every tensor here is detached).
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const int64_t L = static_cast<int64_t>(variants.size());
@@ -115,6 +121,12 @@ std::tuple<Tensor, Tensor> train_step_compose(
               targets.sizes());
   TORCH_CHECK(!dedup || ops.unique_ids.has_value(), "train_step_: dedup=True needs ", ops.ns,
               "::unique_ids, which this build does not have");
+  const bool has_update_ids = update_ids.has_value() && update_ids->defined();
+  TORCH_CHECK(!has_update_ids || (!dedup && update_ids->dim() == 1 &&
+                                  update_ids->size(0) == 2 * inputs.size(0) + samples.size(0) &&
+                                  update_ids->scalar_type() == at::kLong),
+              "train_step_: update_ids must be an int64 [2B+K=", 2 * inputs.size(0) + samples.size(0),
+              "] tensor, and is for dedup=False only");
   const Tensor& Wy = tables[0];
   const Tensor& By = tables[1];
   const int64_t n_items = Wy.size(0);
@@ -124,8 +136,7 @@ std::tuple<Tensor, Tensor> train_step_compose(
   Tensor x = input_mode == kShared ? gather_rows(Wy, inputs) : (has_e ? gather_rows(tables[2], inputs) : inputs);
   Tensor mask_e;
   if (dropout_embed > 0 && x.is_floating_point()) {
-    mask_e = dropout_mask(x, dropout_embed);
-    x = x * mask_e;
+    x = apply_dropout(ops, x, dropout_embed, mask_e);
   }
   const Tensor reset1 = reset.unsqueeze(0);
   struct Saved {
@@ -141,8 +152,7 @@ std::tuple<Tensor, Tensor> train_step_compose(
     Tensor y = out[0];
     Tensor mask;
     if (dropout_hidden > 0) {
-      mask = dropout_mask(y, dropout_hidden);
-      y = y * mask;
+      y = apply_dropout(ops, y, dropout_hidden, mask);
     }
     saved[i] = {inp, out, workspace, mask};
     outs[i] = y;
@@ -172,15 +182,22 @@ std::tuple<Tensor, Tensor> train_step_compose(
   }
   auto [loss_value, loss_ws] = ops.loss_forward.call(top, Wy, By, scored, log_q, valid, loss, activation, elu_alpha,
                                                       bpreg, logq, mask_hits, columns);
-  // In dedup mode (CPU) with the shared table, its one update reads its rows from one buffer: the
-  // loss's dL/dW[c] goes straight into the first U rows, the input rows' gradients later into the
-  // last B (no [U+B,H] concatenation). The loss's checks ran in its forward.
-  const bool joined_rows = dedup && input_mode == kShared;
+  // The loss's gradients from the dL/dS its forward left in the workspace (the trainer's grad_loss
+  // is 1: no backward op call, no ones fill, no multiply). With the shared table the loss's dL/dW[c]
+  // goes straight into the first U rows of the one buffer the table's update reads, the input rows'
+  // gradients later into the last B (no [U+B,H] concatenation). The loss's checks ran in its
+  // forward. The CPU's dedup mode with a separate input table keeps the backward op (its results
+  // stay those of the Python sequence bit for bit).
+  const int64_t U = scored.size(0), B = top.size(0), H = top.size(1);
+  const bool direct_grads = !dedup || input_mode == kShared;
   Tensor grad_top, grad_w, grad_b, shared_rows;
-  if (joined_rows) {
-    const int64_t U = scored.size(0), B = top.size(0), H = top.size(1);
-    shared_rows = at::empty({U + B, H}, top.options());
-    grad_w = shared_rows.narrow(0, 0, U);
+  if (direct_grads) {
+    if (input_mode == kShared) {
+      shared_rows = at::empty({U + B, H}, top.options());
+      grad_w = shared_rows.narrow(0, 0, U);
+    } else {
+      grad_w = at::empty({U, H}, top.options());
+    }
     const SampledLossDims d{B, candidates.size(0), U, H, n_items};
     std::tie(grad_top, grad_b) = sampled_loss_grads_into(grad_w, workspace_grad_scores(loss_ws, d), loss_ws, top, d);
   } else {
@@ -192,7 +209,7 @@ std::tuple<Tensor, Tensor> train_step_compose(
 
   // Backward through the layers (h0 is detached: no grad_h0).
   std::vector<Tensor> gru_grads(4 * L);
-  const Tensor zero_h = at::zeros_like(hidden[0]);  // grad of h_n: none (read only by the op)
+  const Tensor no_grad_h = hidden.new_empty({0});  // grad of h_n: none (empty: no zero fill)
   Tensor g = grad_top;
   for (int64_t i = L - 1; i >= 0; --i) {
     const Saved& s = saved[i];
@@ -200,7 +217,7 @@ std::tuple<Tensor, Tensor> train_step_compose(
     if (s.mask.defined()) g = g * s.mask;
     const bool need_input = i > 0 || s.inp.is_floating_point();
     auto [g_in, g_h0, g_wih, g_whh, g_bih, g_bhh] =
-        ops.gru_backward.call(g.unsqueeze(0).contiguous(), zero_h, s.inp, reset1, hidden[i], w[0], w[1], w[2], w[3],
+        ops.gru_backward.call(g.unsqueeze(0).contiguous(), no_grad_h, s.inp, reset1, hidden[i], w[0], w[1], w[2], w[3],
                               s.out, s.workspace, variants[i], need_input, false);
     (void)g_h0;
     gru_grads[4 * i] = g_wih.contiguous();
@@ -235,7 +252,7 @@ std::tuple<Tensor, Tensor> train_step_compose(
   if (dedup) {
     sparse_update(ops, By, table_accs[1], mom_of(1), upd_items, grad_b, lr, momentum, eps);
     if (input_mode == kShared) {  // one update, so that a row touched twice is updated once
-      shared_rows.narrow(0, grad_w.size(0), g.size(0)).copy_(g);
+      shared_rows.narrow(0, U, B).copy_(g);
       sparse_update(ops, Wy, table_accs[0], mom_of(0), at::cat({upd_items, upd_inputs}), shared_rows, lr, momentum,
                     eps);
     } else {
@@ -246,7 +263,11 @@ std::tuple<Tensor, Tensor> train_step_compose(
     // B+K indices), Wy at the candidates and, in shared mode, the input rows too.
     const bool shared = input_mode == kShared;
     Tensor idx;
-    if (has_valid) {
+    if (has_update_ids) {  // written by step_inputs_: no where/cat kernels here
+      const int64_t C = candidates.size(0);
+      idx = shared ? *update_ids : update_ids->narrow(0, 0, C);
+      upd_inputs = update_ids->narrow(0, C, update_ids->size(0) - C);
+    } else if (has_valid) {
       const Tensor dropped_targets = at::where(*valid, targets, -1);
       upd_inputs = at::where(*valid, inputs, -1);
       idx = shared ? at::cat({dropped_targets, samples, upd_inputs}) : at::cat({dropped_targets, samples});
@@ -256,9 +277,9 @@ std::tuple<Tensor, Tensor> train_step_compose(
     Tensor wy = Wy, wy_acc = table_accs[0], wy_mom = momentum > 0 ? table_moms[0] : Wy.new_empty({0, 1});
     Tensor by = as2d(By), by_acc = as2d(table_accs[1]),
            by_mom = momentum > 0 ? as2d(table_moms[1]) : table_accs[1].new_empty({0, 1});
-    ops.sparse_adagrad_pair.call(wy, wy_acc, wy_mom, by, by_acc, by_mom, idx,
-                                 shared ? at::cat({grad_w, g}) : grad_w.contiguous(), as2d(grad_b.contiguous()), lr,
-                                 momentum, eps);
+    if (shared) shared_rows.narrow(0, U, B).copy_(g);
+    ops.sparse_adagrad_pair.call(wy, wy_acc, wy_mom, by, by_acc, by_mom, idx, shared ? shared_rows : grad_w,
+                                 as2d(grad_b.contiguous()), lr, momentum, eps);
   }
   if (has_e) sparse_update(ops, tables[2], table_accs[2], mom_of(2), upd_inputs, g, lr, momentum, eps);
   if (columns_wih) {  // weight_ih.t() [N,3H] is a strided view: its rows are weight_ih's columns
@@ -274,14 +295,15 @@ std::tuple<Tensor, Tensor> train_step_compose(
 TORCH_LIBRARY_FRAGMENT(gru4rec, m) {
   // One training step; see train_step_compose above for the arguments. Returns (loss, new hidden).
   // dedup: None picks the device's mode (CPU: True, else False); log_q [B+K]: the candidates' log
-  // q gathered already (gru4rec::step_inputs_ writes it), else gathered from log_count/log_weight.
+  // q gathered already (gru4rec::step_inputs_ writes it), else gathered from log_count/log_weight;
+  // update_ids [2B+K] (dedup=False): the update rows as step_inputs_ writes them.
   m.def(
       "train_step_(Tensor inputs, Tensor targets, Tensor reset, Tensor? valid, Tensor samples, Tensor? log_count, "
       "Tensor? log_weight, Tensor hidden, Tensor(a!)[] tables, Tensor(b!)[] table_accs, Tensor(c!)[] table_moms, "
       "Tensor(d!)[] gru_params, Tensor(e!)[] gru_accs, Tensor(f!)[] gru_moms, int[] variants, int input_mode, "
       "float dropout_embed, float dropout_hidden, int loss, int activation, float elu_alpha, float bpreg, "
-      "float logq, bool mask_hits, float lr, float momentum, float eps, bool? dedup=None, Tensor? log_q=None) "
-      "-> (Tensor loss, Tensor hidden)");
+      "float logq, bool mask_hits, float lr, float momentum, float eps, bool? dedup=None, Tensor? log_q=None, "
+      "Tensor? update_ids=None) -> (Tensor loss, Tensor hidden)");
 }
 
 #ifndef GRU4REC_CUDA_EMU  // the emulated op registers its own kernel (csrc/emu/train_step_emu.cpp)

@@ -35,6 +35,7 @@ using SparseAdagradFn = void(at::Tensor&, at::Tensor&, at::Tensor&, const at::Te
 using SparseAdagradPairFn = void(at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&,
                                  const at::Tensor&, const at::Tensor&, const at::Tensor&, double, double, double);
 using DenseAdagradFn = void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, double, double, double);
+using DropoutApplyFn = at::Tensor(at::Tensor&, const at::Tensor&, double);
 using UniqueIdsFn = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, int64_t);
 
 // Typed handles of the ops one step calls, all from one namespace ("gru4rec", or "gru4rec_emu").
@@ -48,6 +49,7 @@ struct StepOps {
   c10::TypedOperatorHandle<SparseAdagradFn> sparse_adagrad;
   c10::TypedOperatorHandle<SparseAdagradPairFn> sparse_adagrad_pair;
   c10::TypedOperatorHandle<DenseAdagradFn> dense_adagrad;
+  c10::TypedOperatorHandle<DropoutApplyFn> dropout_apply;
   // The dedup mode's distinct candidates (a CPU kernel; absent from the emulation's namespace).
   std::optional<c10::TypedOperatorHandle<UniqueIdsFn>> unique_ids;
 };
@@ -56,7 +58,9 @@ struct StepOps {
 // candidate item once (unique_ids + the loss's `columns`, CPU kernels only); else score the B+K
 // candidate columns as they are and let the sparse updates sum duplicates (the same update, to
 // float rounding; every device). log_q: the candidates' log q, gathered already (else gathered
-// here from log_count / log_weight when the loss needs it).
+// here from log_count / log_weight when the loss needs it). update_ids (no-dedup mode): the rows
+// the sparse updates touch, [2B+K] as gru4rec::step_inputs_ writes them (else made here from
+// valid, targets, samples and inputs).
 std::tuple<at::Tensor, at::Tensor> train_step_compose(
     const StepOps& ops, bool dedup, const at::Tensor& inputs, const at::Tensor& targets, const at::Tensor& reset,
     const OptTensor& valid, const at::Tensor& samples, const OptTensor& log_count, const OptTensor& log_weight,
@@ -64,7 +68,7 @@ std::tuple<at::Tensor, at::Tensor> train_step_compose(
     at::TensorList gru_params, at::TensorList gru_accs, at::TensorList gru_moms, at::IntArrayRef variants,
     int64_t input_mode, double dropout_embed, double dropout_hidden, int64_t loss, int64_t activation,
     double elu_alpha, double bpreg, double logq, bool mask_hits, double lr, double momentum, double eps,
-    const OptTensor& log_q);
+    const OptTensor& log_q, const OptTensor& update_ids);
 
 
 // The namespace of the package's ops, for train_step_kernel.
@@ -82,7 +86,7 @@ std::tuple<at::Tensor, at::Tensor> train_step_kernel(
     at::TensorList gru_accs, at::TensorList gru_moms, at::IntArrayRef variants, int64_t input_mode,
     double dropout_embed, double dropout_hidden, int64_t loss, int64_t activation, double elu_alpha, double bpreg,
     double logq, bool mask_hits, double lr, double momentum, double eps, std::optional<bool> dedup,
-    const OptTensor& log_q) {
+    const OptTensor& log_q, const OptTensor& update_ids) {
   TORCH_CHECK(kCanDedup || !dedup.value_or(false), "train_step_ (", inputs.device().type(), ", ", Ns,
               "): dedup=True is CPU-only (gru4rec::unique_ids and the loss's columns); pass dedup=False or None "
               "here (the same update)");
@@ -90,7 +94,7 @@ std::tuple<at::Tensor, at::Tensor> train_step_kernel(
   return train_step_compose(ops, kCanDedup && dedup.value_or(true), inputs, targets, reset, valid, samples,
                             log_count, log_weight, hidden, tables, table_accs, table_moms, gru_params, gru_accs,
                             gru_moms, variants, input_mode, dropout_embed, dropout_hidden, loss, activation,
-                            elu_alpha, bpreg, logq, mask_hits, lr, momentum, eps, log_q);
+                            elu_alpha, bpreg, logq, mask_hits, lr, momentum, eps, log_q, update_ids);
 }
 
 }  // namespace gru4rec

@@ -280,8 +280,9 @@ class StaticStep:
     sets the step counter to 0 and the hidden state to `hidden`. `body()` is the step itself, only
     device work on static tensors: `gru4rec::step_inputs_` (schedule row at the device-side step
     counter, samples at the sampler's device-side offset, log q of the candidates; both counters
-    advance), `gru4rec::train_step_` with dedup=False and the valid mask always given (no
-    full-versus-tail decision on the host), the new hidden state copied into `hidden`, the loss
+    advance; it also writes the rows the sparse updates touch, -1 for the tail's dropped rows),
+    `gru4rec::train_step_` with dedup=False and the valid mask always given (no full-versus-tail
+    decision on the host), the new hidden state copied into `hidden`, the loss
     added to `window`. `advance()` = the host's `sampler.reserve(K)` (refills the cache in place
     when due), then the runner: `body()` eagerly, or its CUDA graph (`train_graph.GraphRunner`).
 
@@ -306,6 +307,7 @@ class StaticStep:
         self.inputs = torch.zeros(B, **i64)
         self.candidates = torch.zeros(B + K, **i64)  # targets, then samples (views below)
         self.targets, self.samples = self.candidates[:B], self.candidates[B:]
+        self.update_ids = torch.zeros(2 * B + K, **i64)  # the rows the sparse updates touch (step_inputs_)
         self.reset = torch.zeros(B, dtype=torch.bool, device=device)
         self.valid = torch.ones(B, dtype=torch.bool, device=device)
         dtype = model.Wy.dtype
@@ -348,10 +350,11 @@ class StaticStep:
         """One step on the static tensors (device work only: what the CUDA graph captures)."""
         lc, lw = self.log_tables
         self.ops.step_inputs_(self.counter, self.sampler._offset, *self.schedule, self.sampler._cache, lc, lw,
-                              self.inputs, self.candidates, self.reset, self.valid, self.log_q)
+                              self.inputs, self.candidates, self.reset, self.valid, self.log_q, self.update_ids)
         loss, hidden = self.ops.train_step_(self.inputs, self.targets, self.reset, self.valid, self.samples, None,
                                             None, self.hidden, *self.args, dedup=False,
-                                            log_q=self.log_q if lc is not None else None)
+                                            log_q=self.log_q if lc is not None else None,
+                                            update_ids=self.update_ids)
         self.hidden.copy_(hidden)
         self.window.add_(loss)
 

@@ -7,8 +7,8 @@ import torch
 import gru4rec_ext._extension as ext
 
 OPS = ["session_gru_forward", "session_gru_backward", "sampled_loss_forward", "sampled_loss_backward",
-       "sparse_adagrad_"]
-CPU_OPS = OPS + ["dense_adagrad_", "unique_ids"]  # on CUDA: foreach ATen ops; torch.unique
+       "sparse_adagrad_", "sparse_adagrad_pair_", "dense_adagrad_", "step_inputs_", "train_step_", "dropout_apply_"]
+CPU_OPS = OPS + ["unique_ids"]  # the CPU step's distinct candidates (the CUDA step needs none)
 
 
 def test_extension_imports():

@@ -154,14 +154,17 @@ def test_sparse_adagrad_pair_checks_and_device_assert():
 
 # ----- step_inputs_ -----
 
-def _inputs_case(S=5, B=6, K=7, Nc=40, N=30, log=True, dtype=torch.float32, seed=0):
+def _inputs_case(S=5, B=6, K=7, Nc=40, N=30, log=True, dtype=torch.float32, seed=0, upd=True):
     g = torch.Generator().manual_seed(seed)
     sched = (torch.randint(0, N, (S, B), generator=g), torch.randint(0, N, (S, B), generator=g),
              torch.rand(S, B, generator=g) < 0.3, torch.rand(S, B, generator=g) < 0.8)
+    sched[3][3, :2] = torch.tensor([False, True])  # row 3 has valid rows and dropped ones
     cache = torch.randint(0, N, (Nc,), generator=g)
     tables = (torch.randn(N, generator=g).to(dtype), torch.randn(N, generator=g).to(dtype)) if log else (None, None)
     out = (torch.zeros(B, dtype=torch.int64), torch.zeros(B + K, dtype=torch.int64), torch.zeros(B, dtype=torch.bool),
            torch.zeros(B, dtype=torch.bool), torch.zeros(B + K if log else 0, dtype=dtype))
+    if upd:
+        out += (torch.full((2 * B + K,), 7, dtype=torch.int64),)
     return sched, cache, tables, out
 
 
@@ -177,18 +180,26 @@ def _run_inputs(ops, case, step, offset, n=1):
 @pytest.mark.parametrize("log,dtype", [(True, torch.float32), (True, torch.bfloat16), (True, torch.float64),
                                        (False, torch.float32)])
 @pytest.mark.parametrize("B,K", [(6, 7), (3, 0), (40, 300)])
-def test_step_inputs(log, dtype, B, K):
+@pytest.mark.parametrize("upd", [True, False])
+def test_step_inputs(log, dtype, B, K, upd):
     """Two consecutive steps: rows `step` and `step+1` of the schedule, the samples at the offset,
-    log q of the targets (log_count) and of the samples (log_weight); the counters advance."""
-    case = _inputs_case(B=B, K=K, Nc=2 * K + 5, log=log, dtype=dtype)
+    log q of the targets (log_count) and of the samples (log_weight), the update rows (targets and
+    inputs with -1 for the rows that are not valid, samples between) when asked; the counters
+    advance."""
+    case = _inputs_case(B=B, K=K, Nc=2 * K + 5, log=log, dtype=dtype, upd=upd)
     (step, offset), out = _run_inputs(EMU, case, 2, 3, n=2)
     (step_c, offset_c), out_c = _run_inputs(CPU, case, 2, 3, n=2)
     assert int(step) == int(step_c) == 4 and int(offset) == int(offset_c) == 3 + 2 * K
     for a, b in zip(out, out_c):
         assert torch.equal(a, b)
     sched, cache, (lc, lw), _ = case
-    inputs, candidates, reset, valid, log_q = out
+    inputs, candidates, reset, valid, log_q = out[:5]
     assert torch.equal(inputs, sched[0][3]) and torch.equal(candidates[:B], sched[1][3])
+    assert (~valid).any() and valid.any()  # the case has rows of both kinds
+    if upd:
+        minus = torch.full((B,), -1, dtype=torch.int64)
+        assert torch.equal(out[5], torch.cat([torch.where(valid, candidates[:B], minus), candidates[B:],
+                                              torch.where(valid, inputs, minus)]))
     assert torch.equal(reset, sched[2][3]) and torch.equal(valid, sched[3][3])
     assert torch.equal(candidates[B:], cache[3 + K:3 + 2 * K])
     if log:
@@ -206,6 +217,10 @@ def test_step_inputs_counters_out_of_range():
     with pytest.raises(RuntimeError, match="log_q must be"):
         sched, cache, tables, out = case
         EMU.step_inputs_(torch.tensor(0), torch.tensor(0), *sched, cache, *tables, *out[:4], torch.zeros(3))
+    sched, cache, tables, out = case
+    for ops in (EMU, CPU):
+        with pytest.raises(RuntimeError, match="update_ids must be a contiguous int64"):
+            ops.step_inputs_(torch.tensor(0), torch.tensor(0), *sched, cache, *tables, *out[:5], torch.zeros(3, dtype=torch.int64))
 
 
 # ----- the whole CUDA-mode step -----

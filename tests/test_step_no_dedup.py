@@ -51,6 +51,40 @@ def test_no_dedup_step_with_gathered_log_q_equals_tables():
         assert all(torch.equal(x, y) for x, y in zip(ta, tb))
 
 
+def update_ids(args):
+    """The update rows as gru4rec::step_inputs_ writes them: targets and inputs with -1 for the rows
+    that are not valid, the samples between."""
+    inputs, targets, valid, samples = args[0], args[1], args[3], args[4]
+    keep = valid if valid is not None else torch.ones_like(inputs, dtype=torch.bool)
+    return torch.cat([torch.where(keep, targets, -1), samples, torch.where(keep, inputs, -1)])
+
+
+@needs_step
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("tail", [False, True])
+@pytest.mark.parametrize("ops_name", ["gru4rec", "gru4rec_emu"])
+def test_no_dedup_step_with_update_ids_equals_building_them(mode, tail, ops_name):
+    """update_ids given (as step_inputs_ writes them) updates exactly what the step's own
+    where/cat of valid, targets, samples and inputs does, on the CPU kernels and the emulated
+    CUDA ones; wrong sizes and dedup=True are refused."""
+    if ops_name == "gru4rec_emu":
+        emu = pytest.importorskip("gru4rec_ext._cuda_emu")
+        del emu
+    ops = getattr(torch.ops, ops_name)
+    valid = torch.tensor([True, False, True, True, False, True]) if tail else None
+    args = step_case(mode, valid, loss=2)
+    a = run_step(args, ops, dedup=False)
+    b = run_step(args, ops, dedup=False, update_ids=update_ids(args))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    for ta, tb in zip(a[2], b[2]):
+        assert all(torch.equal(x, y) for x, y in zip(ta, tb))
+    with pytest.raises(RuntimeError, match="update_ids must be an int64"):
+        run_step(args, ops, dedup=False, update_ids=update_ids(args)[1:])
+    if ops_name == "gru4rec":
+        with pytest.raises(RuntimeError, match="update_ids must be an int64"):
+            run_step(args, ops, dedup=True, update_ids=update_ids(args))
+
+
 @needs_step
 def test_step_updates_in_place_and_dedup_errors():
     """The step writes every parameter and state tensor in place (the same data_ptr before and

@@ -1,5 +1,7 @@
 // CPU kernel of gru4rec::step_inputs_ (csrc/step_inputs.cpp): plain copies; the counters are read
 // on the host (free on the CPU) and checked against the schedule's and the cache's sizes.
+#include <algorithm>
+
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
@@ -13,9 +15,11 @@ void step_inputs_cpu(at::Tensor& step, at::Tensor& offset, const at::Tensor& inp
                      const at::Tensor& targets_all, const at::Tensor& reset_all, const at::Tensor& valid_all,
                      const at::Tensor& cache, const std::optional<at::Tensor>& log_count,
                      const std::optional<at::Tensor>& log_weight, at::Tensor& inputs, at::Tensor& candidates,
-                     at::Tensor& reset, at::Tensor& valid, at::Tensor& log_q) {
+                     at::Tensor& reset, at::Tensor& valid, at::Tensor& log_q,
+                     const std::optional<at::Tensor>& update_ids) {
   const StepInputDims d = check_step_inputs_args(step, offset, inputs_all, targets_all, reset_all, valid_all, cache,
-                                                 log_count, log_weight, inputs, candidates, reset, valid, log_q);
+                                                 log_count, log_weight, inputs, candidates, reset, valid, log_q,
+                                                 update_ids);
   const int64_t s = step.item<int64_t>(), o = offset.item<int64_t>();
   TORCH_CHECK(s >= 0 && s < d.S, "step_inputs_: step ", s, " is out of range for a schedule of ", d.S, " steps");
   TORCH_CHECK(o >= 0 && o + d.K <= d.Nc, "step_inputs_: offset ", o, " + K=", d.K, " is beyond the cache's ", d.Nc,
@@ -37,6 +41,14 @@ void step_inputs_cpu(at::Tensor& step, at::Tensor& offset, const at::Tensor& inp
     vd[b] = vd_all[b];
   }
   for (int64_t j = 0; j < K; ++j) cand[B + j] = smp[j];
+  if (d.update_ids) {  // targets and inputs with -1 for the rows that are not valid, samples between
+    int64_t* upd = update_ids->data_ptr<int64_t>();
+    for (int64_t b = 0; b < B; ++b) {
+      upd[b] = vd[b] ? cand[b] : -1;
+      upd[B + K + b] = vd[b] ? in[b] : -1;
+    }
+    std::copy(cand + B, cand + B + K, upd + B);
+  }
   if (d.log_q) {
     const int64_t N = log_count->size(0);
     AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, log_q.scalar_type(), "step_inputs_cpu", [&] {

@@ -21,7 +21,8 @@ PYBIND11_MODULE(_cuda_emu, m) {
   m.attr("ops") = pybind11::make_tuple("session_gru_forward", "session_gru_backward",
                                        "sampled_loss_forward", "sampled_loss_backward",
                                        "sparse_adagrad_", "sparse_adagrad_pair_",
-                                       "dense_adagrad_", "step_inputs_", "train_step_");
+                                       "dense_adagrad_", "step_inputs_", "train_step_",
+                                       "dropout_apply_");
   m.def("selftest", &gru4rec_emu::selftest, pybind11::arg("name"),
         "Runs one of the emulation's own check kernels; returns its output or raises its error");
   m.def("launches", &gru4rec_emu::launch_count,

@@ -35,7 +35,7 @@ def step_inputs_(*args):
 
 def _fake(inputs, targets, reset, valid, samples, log_count, log_weight, hidden, tables, table_accs, table_moms,
           gru_params, gru_accs, gru_moms, variants, input_mode, dropout_embed, dropout_hidden, loss, activation,
-          elu_alpha, bpreg, logq, mask_hits, lr, momentum, eps, dedup=None, log_q=None):
+          elu_alpha, bpreg, logq, mask_hits, lr, momentum, eps, dedup=None, log_q=None, update_ids=None):
     if hidden.dim() != 3 or hidden.shape[0] != len(variants):
         raise RuntimeError(f"train_step_: hidden must be [L={len(variants)}, B, H], got {list(hidden.shape)}")
     return hidden.new_empty(()), torch.empty_like(hidden)
@@ -45,6 +45,13 @@ def _nothing(*args, **kwargs):  # the fake kernel of an in-place op that returns
     return None
 
 
+def _dropout_fake(mask, x, p):
+    if mask.shape != x.shape or mask.dtype != x.dtype:
+        raise RuntimeError(f"dropout_apply_: mask must match x ({list(x.shape)}, {x.dtype}), got "
+                           f"{list(mask.shape)}, {mask.dtype}")
+    return torch.empty_like(x)
+
+
 def _register():
     if not _extension.available():
         return
@@ -52,6 +59,8 @@ def _register():
     for name in ("sparse_adagrad_", "sparse_adagrad_pair_", "dense_adagrad_", "step_inputs_"):
         if hasattr(ops, name) and not _extension.has_kernel(name, "Meta"):
             torch.library.register_fake(f"gru4rec::{name}", _nothing)
+    if hasattr(ops, "dropout_apply_") and not _extension.has_kernel("dropout_apply_", "Meta"):
+        torch.library.register_fake("gru4rec::dropout_apply_", _dropout_fake)
     # The C++ Meta kernel (the composition) is the fake kernel when built; else this shape rule.
     if hasattr(ops, "train_step_") and not _extension.has_kernel("train_step_", "Meta"):
         torch.library.register_fake("gru4rec::train_step_", _fake)
