@@ -38,7 +38,7 @@ NO_WORK = {"aten::empty", "aten::empty_like", "aten::empty_strided", "aten::new_
 
 
 def small_data(n_items: int, n_events: int = 20_000):
-    from benchmarks.bench_train_cuda import synthetic_sessions
+    from bench_train_cuda import synthetic_sessions
     return synthetic_sessions(n_items, n_events, seed=0)
 
 
@@ -97,7 +97,7 @@ def main() -> None:
     ap.add_argument("--preset", nargs="+", default=["rsc15", "retailrocket"])
     ap.add_argument("--items", type=int, default=3000, help="item count of the synthetic data (no effect on counts)")
     ap.add_argument("--list", action="store_true", help="print the ATen ops by name")
-    ap.add_argument("--json", help="write the counts here")
+    ap.add_argument("--json", help="write the counts (with the machine and commit) here")
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows = [count(p, args.items) for p in args.preset]
@@ -108,8 +108,9 @@ def main() -> None:
             for name, n in r["aten_by_name"].items():
                 print(f"    {n:>3}  {name}")
     if args.json:
+        from common import machine_info
         with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+            json.dump({"machine": machine_info(torch.device("cpu")), "presets": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

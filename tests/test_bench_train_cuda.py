@@ -34,3 +34,23 @@ def test_meta_mode_runs(tmp_path):
         result = json.load(f)
     r = result["presets"]["rsc15"]
     assert result["mode"] == "meta" and r["batch_size"] == 32 and r["host_events_per_s"] > 0
+
+
+def test_emulated_cuda_step_kernel_count():
+    """benchmarks/count_step_kernels.py on the emulated CUDA step: our kernels and the ATen ops
+    that do device work, at the rsc15 preset's shapes. The bound is today's count (28: 7 of ours,
+    21 ATen), so that a change that adds launches to the graph step shows up here."""
+    if not ext.has_kernel("train_step_", "CPU"):
+        pytest.skip("kernels not built")
+    pytest.importorskip("gru4rec_ext._cuda_emu")
+    import count_step_kernels
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        row = count_step_kernels.count("rsc15", 500)
+    finally:
+        torch.set_num_threads(threads)
+    assert row["our_kernels"] == 7  # step_inputs_, GRU fwd/bwd, dropout, loss row pass, dense, pair
+    assert row["estimate"] <= 28, row["aten_by_name"]
+    for name in ("aten::where", "aten::cat", "aten::ones", "aten::zeros_like", "aten::ge_"):
+        assert name not in row["aten_by_name"], name
