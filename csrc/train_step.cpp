@@ -226,7 +226,19 @@ std::tuple<Tensor, Tensor> train_step_compose(
     gru_grads[4 * i + 3] = g_bhh.contiguous();
     g = g_in.numel() ? g_in[0] : Tensor();
   }
-  if (g.defined() && mask_e.defined()) g = g * mask_e;
+  // The input rows' gradient, times the embedding dropout's mask: with the shared table straight
+  // into the last B rows of its update buffer (the multiply and the copy in one kernel).
+  if (input_mode == kShared) {
+    Tensor rows = shared_rows.narrow(0, U, B);
+    if (mask_e.defined()) {
+      at::mul_out(rows, g, mask_e);
+    } else {
+      rows.copy_(g);
+    }
+    g = rows;
+  } else if (g.defined() && mask_e.defined()) {
+    g = g * mask_e;
+  }
 
   // Epoch tail: rows without a session take no part in the updates either (their target items,
   // unless sampled or another row's target, and their input rows are not touched): their indices
@@ -252,7 +264,6 @@ std::tuple<Tensor, Tensor> train_step_compose(
   if (dedup) {
     sparse_update(ops, By, table_accs[1], mom_of(1), upd_items, grad_b, lr, momentum, eps);
     if (input_mode == kShared) {  // one update, so that a row touched twice is updated once
-      shared_rows.narrow(0, U, B).copy_(g);
       sparse_update(ops, Wy, table_accs[0], mom_of(0), at::cat({upd_items, upd_inputs}), shared_rows, lr, momentum,
                     eps);
     } else {
@@ -277,7 +288,6 @@ std::tuple<Tensor, Tensor> train_step_compose(
     Tensor wy = Wy, wy_acc = table_accs[0], wy_mom = momentum > 0 ? table_moms[0] : Wy.new_empty({0, 1});
     Tensor by = as2d(By), by_acc = as2d(table_accs[1]),
            by_mom = momentum > 0 ? as2d(table_moms[1]) : table_accs[1].new_empty({0, 1});
-    if (shared) shared_rows.narrow(0, U, B).copy_(g);
     ops.sparse_adagrad_pair.call(wy, wy_acc, wy_mom, by, by_acc, by_mom, idx, shared ? shared_rows : grad_w,
                                  as2d(grad_b.contiguous()), lr, momentum, eps);
   }
