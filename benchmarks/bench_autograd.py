@@ -20,6 +20,8 @@ process CPU time per call (events per CPU-second are far less sensitive to other
   sampled ranking loss, forward + backward:
     module     SampledRankingLoss(loss)(hidden, weight, bias, targets, samples).backward(): dense
                [N,H] and [N] gradients of the item table through the C++ autograd
+    sparse     the same module with sparse_grad=True: sparse COO gradients of the B+K candidates'
+               rows (no [N,H] buffer), as nn.Embedding(sparse=True) gives
     pair       sampled_loss_forward + sampled_loss_backward (row gradients, what the trainer uses)
     pair+dense the pair, then the dense gradients built from its rows (zeros + index_put): the
                work `module` does, without autograd
@@ -220,10 +222,11 @@ def loss_makers(B, K, H, N, loss):
              torch.randint(0, N, (B,), generator=g), torch.randint(0, N, (K,), generator=g))
             for _ in range(N_SETS)]
     opts = dict(loss=loss, bpreg=1.0 if loss == "bpr-max" else 0.0)
-    module = SampledRankingLoss(loss, bpreg=opts["bpreg"])
+    modules = {sparse: SampledRankingLoss(loss, bpreg=opts["bpreg"], sparse_grad=sparse) for sparse in (False, True)}
 
-    def make_module():
+    def make_module(sparse=False):
         cycle = itertools.cycle(sets)
+        module = modules[sparse]
 
         def step():
             hidden, targets, samples = next(cycle)
@@ -250,8 +253,8 @@ def loss_makers(B, K, H, N, loss):
             torch.zeros_like(weight), torch.zeros_like(bias)
         return step
 
-    return {"module": make_module, "pair": make_pair, "pair+dense": lambda: make_pair(True),
-            "zeros": make_zeros}
+    return {"module": make_module, "sparse": lambda: make_module(True), "pair": make_pair,
+            "pair+dense": lambda: make_pair(True), "zeros": make_zeros}
 
 
 def bench_loss_cpu(args):
@@ -260,13 +263,15 @@ def bench_loss_cpu(args):
         times = interleaved(loss_makers(B, K, H, N, loss), args.rounds, args.min_time, block=10)
         row = {"loss": loss, "B": B, "K": K, "H": H, "N": N}
         row.update(summarise(times, B, {"module/pair": ("module", "pair"),
-                                        "module/(pair+dense)": ("module", "pair+dense")}))
+                                        "module/(pair+dense)": ("module", "pair+dense"),
+                                        "sparse/pair": ("sparse", "pair")}))
         row["bound (pair+zeros)/pair"] = statistics.median(
             [(p + z) / p for p, z in zip(times["pair"]["wall"], times["zeros"]["wall"])])
         rows.append(row)
         print(f"  {loss:14s} B={B} K={K} H={H} N={N}  module {row['module_us']:8.1f} us  pair "
               f"{row['pair_us']:8.1f} us  pair+dense {row['pair+dense_us']:8.1f} us  module/pair "
-              f"{row['module/pair']:.2f}x  module/(pair+dense) {row['module/(pair+dense)']:.2f}x",
+              f"{row['module/pair']:.2f}x  module/(pair+dense) {row['module/(pair+dense)']:.2f}x  "
+              f"sparse {row['sparse_us']:8.1f} us  sparse/pair {row['sparse/pair']:.2f}x",
               flush=True)
     return rows
 
@@ -380,9 +385,9 @@ def main(argv=None):
             payload["loss_cpu"] = rows
             tables.append("SampledRankingLoss forward+backward (µs per call; events = B)\n" +
                           common.format_table(rows, [
-                              "loss", "B", "K", "H", "N", "module_us", "pair_us", "pair+dense_us",
-                              "zeros_us", "module/pair", "module/(pair+dense)",
-                              "bound (pair+zeros)/pair", "module_ev/s",
+                              "loss", "B", "K", "H", "N", "module_us", "sparse_us", "pair_us",
+                              "pair+dense_us", "zeros_us", "module/pair", "sparse/pair",
+                              "module/(pair+dense)", "bound (pair+zeros)/pair", "module_ev/s",
                               "module_ev/cpu_s"]))
     payload["load_average_after"] = os.getloadavg()
     lines.append(f"# load average after: "

@@ -1,5 +1,6 @@
 // gru4rec::sampled_ranking_loss: the differentiable sampled ranking loss (SPEC section 4), composed
-// of gru4rec::sampled_loss_forward / sampled_loss_backward with dense weight and bias gradients.
+// of gru4rec::sampled_loss_forward / sampled_loss_backward with dense weight and bias gradients, or
+// with sparse_grad=True sparse COO ones (the B+K candidates' rows, uncoalesced: no [N,H] buffer).
 // Its autograd is a C++ autograd Function registered for the Autograd key, so a call from Python
 // or C++ runs no Python beyond the call; below autograd it is the forward op's loss.
 #include <ATen/ATen.h>
@@ -55,6 +56,13 @@ Tensor dense_from_rows(const Tensor& rows, const Tensor& candidates, const Tenso
   return at::zeros_symint(table.sym_sizes(), rows.options()).index_add_(0, candidates, rows);
 }
 
+// The same gradient as a sparse COO tensor of the table's shape: one entry (a row of `rows`) per
+// candidate, duplicates left uncoalesced, as nn.Embedding(sparse=True) gives. The candidates were
+// checked by the forward, so the unchecked constructor is used (no host sync on CUDA).
+Tensor sparse_from_rows(const Tensor& rows, const Tensor& candidates, const Tensor& table) {
+  return at::_sparse_coo_tensor_unsafe(candidates.unsqueeze(0), rows, table.sizes(), rows.options().layout(at::kSparse));
+}
+
 const char* const kDoubleBackward =
     "gru4rec::sampled_ranking_loss: double backward (differentiating its gradients again) is not "
     "supported; its backward is gru4rec::sampled_loss_backward, which has no derivative";
@@ -65,7 +73,7 @@ struct SampledRankingLossFunction
                                const Tensor& bias, const Tensor& targets, const Tensor& samples,
                                const OptTensor& log_q, const OptTensor& valid, int64_t loss,
                                int64_t activation, double elu_alpha, double bpreg, double logq,
-                               bool mask_hits) {
+                               bool mask_hits, bool sparse_grad) {
     at::AutoDispatchBelowADInplaceOrView below;
     const Tensor candidates = candidates_of(targets, samples);
     auto [out, ws] = forward_op().call(hidden, weight, bias, candidates, log_q, valid, loss,
@@ -80,6 +88,7 @@ struct SampledRankingLossFunction
     ctx->saved_data["bpreg"] = bpreg;
     ctx->saved_data["logq"] = logq;
     ctx->saved_data["mask_hits"] = mask_hits;
+    ctx->saved_data["sparse_grad"] = sparse_grad;
     return {out};
   }
 
@@ -90,7 +99,7 @@ struct SampledRankingLossFunction
     const auto& d = ctx->saved_data;
     const bool need_h = ctx->needs_input_grad(0), need_w = ctx->needs_input_grad(1),
                need_b = ctx->needs_input_grad(2);
-    variable_list result(13);
+    variable_list result(14);
     if (need_h || need_w || need_b) {
       at::AutoDispatchBelowADInplaceOrView below;
       auto [g_h, g_w_rows, g_b_rows] = backward_op().call(
@@ -100,8 +109,9 @@ struct SampledRankingLossFunction
           d.at("activation").toInt(), d.at("elu_alpha").toDouble(), d.at("bpreg").toDouble(),
           d.at("logq").toDouble(), d.at("mask_hits").toBool(), ws, {});
       if (need_h) result[0] = g_h;
-      if (need_w) result[1] = dense_from_rows(g_w_rows, candidates, weight);
-      if (need_b) result[2] = dense_from_rows(g_b_rows, candidates, bias);
+      const auto table_grad = d.at("sparse_grad").toBool() ? &sparse_from_rows : &dense_from_rows;
+      if (need_w) result[1] = table_grad(g_w_rows, candidates, weight);
+      if (need_b) result[2] = table_grad(g_b_rows, candidates, bias);
     }
     variable_list inputs = saved;
     inputs.insert(inputs.end(), grads.begin(), grads.end());
@@ -115,10 +125,10 @@ Tensor sampled_ranking_loss_autograd(const Tensor& hidden, const Tensor& weight,
                                      const Tensor& samples, const OptTensor& log_q,
                                      const OptTensor& valid, int64_t loss, int64_t activation,
                                      double elu_alpha, double bpreg, double logq,
-                                     bool mask_hits) {
+                                     bool mask_hits, bool sparse_grad) {
   return SampledRankingLossFunction::apply(hidden, weight, bias, targets, samples, log_q, valid,
                                            loss, activation, elu_alpha, bpreg, logq,
-                                           mask_hits)[0];
+                                           mask_hits, sparse_grad)[0];
 }
 
 // Below autograd: the forward op's loss.
@@ -126,7 +136,8 @@ Tensor sampled_ranking_loss_no_grad(const Tensor& hidden, const Tensor& weight, 
                                     const Tensor& targets, const Tensor& samples,
                                     const OptTensor& log_q, const OptTensor& valid, int64_t loss,
                                     int64_t activation, double elu_alpha, double bpreg,
-                                    double logq, bool mask_hits) {
+                                    double logq, bool mask_hits, bool sparse_grad) {
+  (void)sparse_grad;  // no gradients here
   at::AutoDispatchBelowADInplaceOrView below;
   return std::get<0>(forward_op().call(hidden, weight, bias, candidates_of(targets, samples),
                                        log_q, valid, loss, activation, elu_alpha, bpreg, logq,
@@ -138,12 +149,13 @@ Tensor sampled_ranking_loss_no_grad(const Tensor& hidden, const Tensor& weight, 
 
 TORCH_LIBRARY_FRAGMENT(gru4rec, m) {
   // The differentiable sampled ranking loss: candidates = cat(targets [B], samples [K]), the
-  // other arguments as sampled_loss_forward's; returns the 0-dim loss, with dense gradients to
-  // hidden [B,H], weight [N,H] and bias [N] through sampled_loss_backward. Once differentiable.
+  // other arguments as sampled_loss_forward's; returns the 0-dim loss, with gradients to hidden
+  // [B,H], weight [N,H] and bias [N] through sampled_loss_backward: dense, or with sparse_grad
+  // sparse COO tensors of the candidates' rows (uncoalesced). Once differentiable.
   m.def(
       "sampled_ranking_loss(Tensor hidden, Tensor weight, Tensor bias, Tensor targets, "
       "Tensor samples, Tensor? log_q, Tensor? valid, int loss, int activation, float elu_alpha, "
-      "float bpreg, float logq, bool mask_hits) -> Tensor");
+      "float bpreg, float logq, bool mask_hits, bool sparse_grad=False) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(gru4rec, Autograd, m) {

@@ -119,10 +119,25 @@ def ranking_loss_from_rows(hidden, weight_rows, bias_rows, candidates, *, loss_c
     return row_loss.sum() / B
 
 
+class _SparseRows(torch.autograd.Function):
+    """table[idx] whose table gradient is a sparse COO tensor (one entry per index, uncoalesced)."""
+
+    @staticmethod
+    def forward(ctx, table, idx):
+        ctx.save_for_backward(idx)
+        ctx.shape = table.shape
+        return table[idx]
+
+    @staticmethod
+    def backward(ctx, grad_rows):
+        (idx,) = ctx.saved_tensors
+        return torch.sparse_coo_tensor(idx.unsqueeze(0), grad_rows, ctx.shape, check_invariants=False), None
+
+
 def sampled_ranking_loss_reference(hidden, weight, bias, targets, samples, *,
                                    loss="cross-entropy", activation="linear", elu_alpha=1.0,
                                    bpreg=0.0, logq=0.0, log_q=None, valid=None,
-                                   mask_accidental_hits=False):
+                                   mask_accidental_hits=False, sparse_grad=False):
     """Sampled ranking loss, plain PyTorch (same signature and meaning as `sampled_ranking_loss`).
 
     hidden [B,H], weight [N,H], bias [N], targets int64 [B], samples int64 [K]; log_q [B+K] the log
@@ -133,7 +148,11 @@ def sampled_ranking_loss_reference(hidden, weight, bias, targets, samples, *,
     candidates = torch.cat((targets, samples))
     if candidates.numel() and (candidates.min() < 0 or candidates.max() >= weight.shape[0]):
         raise ValueError(f"targets/samples hold an item id out of range [0, {weight.shape[0]})")
-    return ranking_loss_from_rows(hidden, weight[candidates], bias[candidates], candidates,
+    if sparse_grad:
+        w_rows, b_rows = _SparseRows.apply(weight, candidates), _SparseRows.apply(bias, candidates)
+    else:
+        w_rows, b_rows = weight[candidates], bias[candidates]
+    return ranking_loss_from_rows(hidden, w_rows, b_rows, candidates,
                                   loss_code_=code, activation_code_=act, elu_alpha=alpha,
                                   bpreg=bpreg, logq=logq, log_q=log_q, valid=valid,
                                   mask_accidental_hits=mask_accidental_hits)

@@ -160,3 +160,61 @@ def test_modules_without_the_extension():
                          text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "reference ok" in run.stdout
+
+
+@pytest.mark.parametrize("path", ["kernels", "reference"])
+@pytest.mark.parametrize("loss", ["bpr-max", "cross-entropy"])
+def test_sparse_grad_equals_the_dense_gradient(path, loss):
+    """SampledRankingLoss(sparse_grad=True): the weight and bias gradients are sparse COO tensors,
+    one uncoalesced entry per candidate, equal to the dense gradients once summed (repeated
+    candidates, an invalid row), on the compiled op and on the reference; hidden's gradient is the
+    dense one. torch.optim.SGD takes them and makes the dense update."""
+    from gru4rec_ext.reference_loss import sampled_ranking_loss_reference
+    import gru4rec_ext._extension as ext
+    if path == "kernels" and not ext.available():
+        pytest.skip("gru4rec_ext._C not built")
+    torch.manual_seed(7)
+    B, K, H, N = 5, 7, 4, 30
+    hidden = torch.randn(B, H, dtype=torch.float64)
+    weight = torch.randn(N, H, dtype=torch.float64) * 0.3
+    bias = torch.randn(N, dtype=torch.float64) * 0.1
+    targets = torch.tensor([1, 4, 4, 9, 0])
+    samples = torch.tensor([4, 2, 2, 17, 29, 0, 5])
+    log_q = torch.randn(B + K, dtype=torch.float64) - 3.0 if loss == "cross-entropy" else None
+    valid = torch.tensor([True, True, False, True, True])
+    grads = {}
+    for sparse in (False, True):
+        h, w, b = (t.clone().requires_grad_() for t in (hidden, weight, bias))
+        kw = dict(loss=loss, bpreg=0.5 if loss == "bpr-max" else 0.0, logq=1.0 if loss == "cross-entropy" else 0.0,
+                  log_q=log_q, valid=valid, sparse_grad=sparse)
+        if path == "kernels":
+            out = SampledRankingLoss(loss, bpreg=kw["bpreg"], logq=kw["logq"], sparse_grad=sparse)(
+                h, w, b, targets, samples, log_q, valid)
+        else:
+            out = sampled_ranking_loss_reference(h, w, b, targets, samples, **kw)
+        out.backward()
+        grads[sparse] = (h.grad, w.grad, b.grad)
+    dense, sparse = grads[False], grads[True]
+    assert not dense[1].is_sparse and sparse[1].is_sparse and sparse[2].is_sparse
+    assert sparse[1].shape == (N, H) and sparse[2].shape == (N,)
+    assert sparse[1]._nnz() == B + K  # one entry per candidate, duplicates not coalesced
+    assert torch.allclose(sparse[0], dense[0], rtol=1e-12, atol=1e-14)
+    assert torch.allclose(sparse[1].to_dense(), dense[1], rtol=1e-12, atol=1e-14)
+    assert torch.allclose(sparse[2].to_dense(), dense[2], rtol=1e-12, atol=1e-14)
+    p_sparse, p_dense = nn.Parameter(weight.clone()), nn.Parameter(weight.clone())
+    p_sparse.grad, p_dense.grad = sparse[1], dense[1]
+    for p in (p_sparse, p_dense):
+        torch.optim.SGD([p], lr=0.1).step()
+    assert torch.allclose(p_sparse, p_dense, rtol=1e-12, atol=1e-14)
+
+
+@needs_extension()
+def test_sparse_grad_module_repr_and_double_backward():
+    m = SampledRankingLoss("top1", sparse_grad=True)
+    assert "sparse_grad=True" in repr(m) and "sparse_grad" not in repr(SampledRankingLoss("top1"))
+    h = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(10, 4, dtype=torch.float64, requires_grad=True)
+    out = m(h, w, torch.zeros(10, dtype=torch.float64), torch.tensor([0, 1, 2]), torch.tensor([5, 6]))
+    (g,) = torch.autograd.grad(out, h, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        g.sum().backward()

@@ -376,12 +376,13 @@ def test_invalid_row_is_absent(device, loss, mask):
 # ---- gru4rec::sampled_ranking_loss: the differentiable op (C++ autograd Function) ----
 
 @pytest.mark.parametrize("with_options", [False, True])
-def test_opcheck_differentiable_op(device, with_options):
+@pytest.mark.parametrize("sparse_grad", [False, True])
+def test_opcheck_differentiable_op(device, with_options, sparse_grad):
     inputs = make_inputs(6, 10, 4, 20, device=device, seed=9)
     h, w, b = (inputs[k].requires_grad_() for k in ("hidden", "weight", "bias"))
     optional = (inputs["log_q"], inputs["valid"]) if with_options else (None, None)
     args = (h, w, b, inputs["targets"], inputs["samples"], *optional, 4 if with_options else 2, 1,
-            1.0, 0.5, 0.5, with_options)
+            1.0, 0.5, 0.5, with_options, sparse_grad)
     torch.library.opcheck(torch.ops.gru4rec.sampled_ranking_loss.default, args)
 
 

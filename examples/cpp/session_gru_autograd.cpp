@@ -34,16 +34,17 @@ std::tuple<Tensor, Tensor> session_gru(const Tensor& input, const Tensor& reset,
 }
 
 Tensor sampled_ranking_loss(const Tensor& hidden, const Tensor& weight, const Tensor& bias,
-                            const Tensor& targets, const Tensor& samples, int64_t loss) {
+                            const Tensor& targets, const Tensor& samples, int64_t loss,
+                            bool sparse_grad = false) {
   static const auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("gru4rec::sampled_ranking_loss", "")
           .typed<Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                         const OptTensor&, const OptTensor&, int64_t, int64_t, double, double,
-                        double, bool)>();
+                        double, bool, bool)>();
   return op.call(hidden, weight, bias, targets, samples, std::nullopt, std::nullopt, loss,
                  /*activation=*/1, /*elu_alpha=*/1.0, /*bpreg=*/0.5, /*logq=*/0.0,
-                 /*mask_hits=*/true);
+                 /*mask_hits=*/true, sparse_grad);
 }
 
 int failures = 0;
@@ -119,6 +120,13 @@ void check_sampled_ranking_loss() {
   const int64_t item = targets[1].item<int64_t>();
   check_entry("sampled_ranking_loss d/d weight", weight, weight.grad(), item, 2, loss_of);
   check_entry("sampled_ranking_loss d/d hidden", hidden, hidden.grad(), 3, 1, loss_of);
+  // sparse_grad: the same weight gradient as a sparse COO tensor (one row per candidate).
+  Tensor w2 = weight.detach().clone().requires_grad_();
+  sampled_ranking_loss(hidden.detach(), w2, bias.detach(), targets, samples, 2, true).backward();
+  const bool same = w2.grad().is_sparse() && torch::allclose(w2.grad().to_dense(), weight.grad());
+  std::printf("%-38s sparse COO, equals the dense gradient  %s\n", "sampled_ranking_loss sparse_grad",
+              same ? "ok" : "FAILED");
+  if (!same) ++failures;
 }
 
 void check_double_backward_raises() {

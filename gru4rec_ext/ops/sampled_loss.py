@@ -53,7 +53,7 @@ def _candidates(targets, samples):
 
 def sampled_ranking_loss(hidden, weight, bias, targets, samples, *, loss="cross-entropy",
                          activation="linear", elu_alpha=1.0, bpreg=0.0, logq=0.0, log_q=None,
-                         valid=None, mask_accidental_hits=False):
+                         valid=None, mask_accidental_hits=False, sparse_grad=False):
     """The batch's sampled ranking loss: sum over valid rows of the row losses, divided by B.
 
     hidden [B,H], weight [N,H], bias [N] (scores r_bj = act(h_b . W[c_j] + b[c_j])), targets int64
@@ -62,18 +62,21 @@ def sampled_ranking_loss(hidden, weight, bias, targets, samples, *, loss="cross-
     bpreg: BPR-max's score regularisation; logq > 0: cross-entropy subtracts logq * log_q [B+K]
     from every score; valid bool [B] (an invalid row has no loss, and its target column is no
     row's negative); mask_accidental_hits: a column holding row b's target id is not a negative
-    of row b. Differentiable w.r.t. hidden, weight and bias (dense gradients), once: the gradients
-    are not differentiable again (double backward raises).
+    of row b. Differentiable w.r.t. hidden, weight and bias, once: the gradients are not
+    differentiable again (double backward raises). The weight and bias gradients are dense, or with
+    sparse_grad=True sparse COO tensors holding the B+K candidates' rows (uncoalesced, as
+    nn.Embedding(sparse=True) gives): no [N,H] buffer to fill, for optimizers that take sparse
+    gradients (torch.optim.SGD, SparseAdam, Adagrad).
     """
     code, act, alpha = _check_names_and_log_q(loss, activation, elu_alpha, logq, log_q)
     if not _use_kernel(hidden.device):
         return sampled_ranking_loss_reference(
             hidden, weight, bias, targets, samples, loss=loss, activation=activation,
             elu_alpha=elu_alpha, bpreg=bpreg, logq=logq, log_q=log_q, valid=valid,
-            mask_accidental_hits=mask_accidental_hits)
+            mask_accidental_hits=mask_accidental_hits, sparse_grad=sparse_grad)
     # The overload itself, every argument positional: no schema defaults filled in Python.
     return _RANKING_LOSS(hidden, weight, bias, targets, samples, log_q, valid, code, act, alpha,
-                         float(bpreg), float(logq), bool(mask_accidental_hits))
+                         float(bpreg), float(logq), bool(mask_accidental_hits), bool(sparse_grad))
 
 
 class SampledLossState:
@@ -190,7 +193,7 @@ def _fake_backward(grad_loss, hidden, weight, bias, candidates, log_q, valid, lo
 
 
 def _fake_ranking_loss(hidden, weight, bias, targets, samples, log_q, valid, loss, activation,
-                       elu_alpha, bpreg, logq, mask_hits):
+                       elu_alpha, bpreg, logq, mask_hits, sparse_grad=False):
     for name, t in (("targets", targets), ("samples", samples)):
         if t.dtype != torch.int64 or t.dim() != 1:
             raise TypeError(f"sampled_ranking_loss: {name} must be a 1-D int64 tensor of item ids")
