@@ -205,3 +205,45 @@ def test_optimizer_column_sparse_parameter(kernel):
     assert torch.equal(w, wt.t()) and torch.equal(cols.acc["w"], rows.acc["w"].t())
     with pytest.raises(ValueError, match="sparse_columns"):
         AdagradM({}, {"b": torch.zeros(3)}, lr=0.1, sparse_columns=["b"])
+
+
+@pytest.mark.skipif(not ext.has_kernel("sparse_adagrad_pair_", "CPU"), reason="kernel not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("mu", [0.0, 0.3])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_cpu_pair_equals_two_sparse_updates_bitwise(dtype, mu, transposed):
+    """The CPU sparse_adagrad_pair_ (one grouping of the indices, both tables in one pass) updates
+    each table exactly as one sparse_adagrad_ call per table does: repeated indices (summed in
+    order of appearance), negative ones, rows that only indices past M2 touch (the second table
+    keeps them, momentum included), a transposed first table (columns updated)."""
+    g = torch.Generator().manual_seed(3)
+    N, D, M, M2 = 40, 9, 70, 45
+    st = state_dtype(dtype)
+    idx = torch.randint(0, N - 1, (M,), generator=g)
+    idx[::7] = -1
+    idx[M2 + 3] = idx[M2 + 5] = N - 1  # touched past M2 only
+    if transposed:
+        param = torch.randn(D, N, generator=g).to(dtype).t()
+        acc, mom = torch.rand(D, N, generator=g).to(st).t(), torch.randn(D, N, generator=g).to(st).t()
+    else:
+        param = torch.randn(N, D, generator=g).to(dtype)
+        acc, mom = torch.rand(N, D, generator=g).to(st), torch.randn(N, D, generator=g).to(st)
+    param2 = torch.randn(N, 1, generator=g).to(dtype)
+    acc2, mom2 = torch.rand(N, 1, generator=g).to(st), torch.randn(N, 1, generator=g).to(st)
+    rows, rows2 = torch.randn(M, D, generator=g).to(dtype), torch.randn(M2, 1, generator=g).to(dtype)
+    empty = torch.empty(0, 1, dtype=st)
+
+    def clones():
+        return [t.clone() if not transposed or k > 2 else t.t().clone().t()
+                for k, t in enumerate((param, acc, mom, param2, acc2, mom2))]
+
+    a = clones()
+    torch.ops.gru4rec.sparse_adagrad_pair_(a[0], a[1], a[2] if mu else empty, a[3], a[4], a[5] if mu else empty,
+                                           idx, rows, rows2, 0.07, mu, 1e-6)
+    b = clones()
+    torch.ops.gru4rec.sparse_adagrad_(b[0], b[1], b[2] if mu else empty, idx, rows, 0.07, mu, 1e-6)
+    torch.ops.gru4rec.sparse_adagrad_(b[3], b[4], b[5] if mu else empty, idx[:M2].contiguous(), rows2, 0.07, mu,
+                                      1e-6)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+    assert torch.equal(a[3][N - 1], param2[N - 1]) and not torch.equal(a[0][N - 1], param[N - 1])
