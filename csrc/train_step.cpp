@@ -261,14 +261,19 @@ std::tuple<Tensor, Tensor> train_step_compose(
                          momentum > 0 ? gru_moms.slice(first_dense) : at::TensorList(),
                          at::TensorList(gru_grads).slice(first_dense), lr, momentum, eps);
   const auto mom_of = [&](size_t t) { return momentum > 0 ? table_moms[t] : Tensor(); };
-  // Wy and By in one update (sparse_adagrad_pair_: one grouping of the indices on the CPU, one sort
-  // on CUDA): By at the scored candidates only (the first U indices), Wy at them and, with the
-  // shared table, at the input rows too (one update, so that a row touched twice is updated once).
-  const bool shared = input_mode == kShared;
-  Tensor idx;
   if (dedup) {
-    idx = shared ? at::cat({upd_items, upd_inputs}) : upd_items;
+    sparse_update(ops, By, table_accs[1], mom_of(1), upd_items, grad_b, lr, momentum, eps);
+    if (input_mode == kShared) {  // one update, so that a row touched twice is updated once
+      sparse_update(ops, Wy, table_accs[0], mom_of(0), at::cat({upd_items, upd_inputs}), shared_rows, lr, momentum,
+                    eps);
+    } else {
+      sparse_update(ops, Wy, table_accs[0], mom_of(0), upd_items, grad_w, lr, momentum, eps);
+    }
   } else {
+    // Wy and By in one update with one sort of the indices: By at the candidates only (the first
+    // B+K indices), Wy at the candidates and, in shared mode, the input rows too.
+    const bool shared = input_mode == kShared;
+    Tensor idx;
     if (has_update_ids) {  // written by step_inputs_: no where/cat kernels here
       const int64_t C = candidates.size(0);
       idx = shared ? *update_ids : update_ids->narrow(0, 0, C);
@@ -280,12 +285,12 @@ std::tuple<Tensor, Tensor> train_step_compose(
     } else {
       idx = shared ? at::cat({candidates, inputs}) : candidates;
     }
+    Tensor wy = Wy, wy_acc = table_accs[0], wy_mom = momentum > 0 ? table_moms[0] : Wy.new_empty({0, 1});
+    Tensor by = as2d(By), by_acc = as2d(table_accs[1]),
+           by_mom = momentum > 0 ? as2d(table_moms[1]) : table_accs[1].new_empty({0, 1});
+    ops.sparse_adagrad_pair.call(wy, wy_acc, wy_mom, by, by_acc, by_mom, idx, shared ? shared_rows : grad_w,
+                                 as2d(grad_b.contiguous()), lr, momentum, eps);
   }
-  Tensor wy = Wy, wy_acc = table_accs[0], wy_mom = momentum > 0 ? table_moms[0] : Wy.new_empty({0, 1});
-  Tensor by = as2d(By), by_acc = as2d(table_accs[1]),
-         by_mom = momentum > 0 ? as2d(table_moms[1]) : table_accs[1].new_empty({0, 1});
-  ops.sparse_adagrad_pair.call(wy, wy_acc, wy_mom, by, by_acc, by_mom, idx, shared ? shared_rows : grad_w.contiguous(),
-                               as2d(grad_b.contiguous()), lr, momentum, eps);
   if (has_e) sparse_update(ops, tables[2], table_accs[2], mom_of(2), upd_inputs, g, lr, momentum, eps);
   if (columns_wih) {  // weight_ih.t() [N,3H] is a strided view: its rows are weight_ih's columns
     sparse_update(ops, gru_params[0].t(), gru_accs[0].t(), momentum > 0 ? gru_moms[0].t() : Tensor(), upd_inputs,

@@ -141,13 +141,6 @@ struct RowUpdate {
   }
 };
 
-// How many groups ahead the sparse updates prefetch a row, and the prefetch of one row's bytes.
-constexpr int64_t kPrefetchAhead = 8;
-inline void prefetch_row(const void* base, int64_t bytes) {
-  const char* c = static_cast<const char*>(base);
-  for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 1, 1);
-}
-
 // param [N, D] (scalar_t) and acc/mom [N, D] (state type), all with element strides (s0, s1);
 // indices [M] (negative: skipped), rows [M, D] contiguous: row-sparse Adagrad-momentum, in place.
 // Duplicates are summed in the state type, in order of appearance.
@@ -167,12 +160,17 @@ void sparse_adagrad_rows(scalar_t* param, state_t<scalar_t>* acc, state_t<scalar
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(D, 1));
   // The touched rows are scattered over tables larger than the caches: fetch a few groups ahead
   // (rows of contiguous elements only).
+  constexpr int64_t kAhead = 8;
+  const auto prefetch_row = [&](const void* base, int64_t bytes) {
+    const char* c = static_cast<const char*>(base);
+    for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 1, 1);
+  };
   cpu::parallel_for(G, grain, [&](int64_t begin, int64_t end) {
     std::vector<S> g(D);
     RowUpdate<scalar_t> update;
     for (int64_t gi = begin; gi < end; ++gi) {
-      if (s1 == 1 && gi + kPrefetchAhead < end) {
-        const int64_t row_ahead = idx[groups.first[gi + kPrefetchAhead]];
+      if (s1 == 1 && gi + kAhead < end) {
+        const int64_t row_ahead = idx[groups.first[gi + kAhead]];
         prefetch_row(param + row_ahead * s0, D * static_cast<int64_t>(sizeof(scalar_t)));
         prefetch_row(acc + row_ahead * s0, D * static_cast<int64_t>(sizeof(S)));
         if (momentum > 0) prefetch_row(mom + row_ahead * s0, D * static_cast<int64_t>(sizeof(S)));
@@ -210,86 +208,14 @@ void sparse_adagrad_cpu(at::Tensor& param, at::Tensor& acc, at::Tensor& mom, con
   });
 }
 
-// One table's side of the pair update: its element strides (s0, s1), row width D and rows [M', D].
-template <typename scalar_t>
-struct PairTable {
-  scalar_t* param;
-  state_t<scalar_t>* acc;
-  state_t<scalar_t>* mom;  // null when momentum == 0
-  int64_t s0, s1, D;
-  const scalar_t* rows;
-};
-
-// sparse_adagrad_pair_ on the CPU: both tables from ONE grouping of the indices and in one parallel
-// pass over the groups (as the CUDA kernel shares one sort): t1 at every index, t2 at the first M2
-// only (a group whose positions all lie at or after M2 leaves t2's row alone). Each group's positions
-// are summed in ascending order, so every row gets exactly what two sparse_adagrad_ calls give.
-template <typename scalar_t>
-void sparse_adagrad_pair_rows(const PairTable<scalar_t>& t1, const PairTable<scalar_t>& t2, const int64_t* idx,
-                              int64_t N, int64_t M, int64_t M2, state_t<scalar_t> lr, state_t<scalar_t> momentum,
-                              state_t<scalar_t> eps) {
-  using S = state_t<scalar_t>;
-  for (int64_t i = 0; i < M; ++i) {
-    TORCH_CHECK(idx[i] < N, "sparse_adagrad_pair_: indices[", i, "] = ", idx[i], " is out of range [0, ", N,
-                ") (negative indices are skipped)");
-  }
-  TORCH_CHECK(M < (int64_t(1) << 31), "sparse_adagrad_pair_: at most 2^31 - 1 indices per call, got ", M);
-  IdGroups groups;
-  groups.build(idx, M, N);
-  const int64_t G = groups.size();
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(t1.D + t2.D, 1));
-  cpu::parallel_for(G, grain, [&](int64_t begin, int64_t end) {
-    std::vector<S> g(std::max(t1.D, t2.D));
-    RowUpdate<scalar_t> update;
-    // The summed gradient of table t over the group's positions below `limit` (null: none there).
-    const auto group_sum = [&](const PairTable<scalar_t>& t, int64_t i0, int64_t limit) -> const S* {
-      if (i0 >= limit) return nullptr;
-      const int64_t j1 = groups.next[i0];
-      if (std::is_same_v<scalar_t, S> && (j1 < 0 || j1 >= limit)) {
-        return reinterpret_cast<const S*>(t.rows + i0 * t.D);  // one position: its gradient as is
-      }
-      const scalar_t* first = t.rows + i0 * t.D;
-      for (int64_t d = 0; d < t.D; ++d) g[d] = static_cast<S>(first[d]);
-      for (int64_t j = j1; j >= 0 && j < limit; j = groups.next[j]) {
-        const scalar_t* src = t.rows + j * t.D;
-        for (int64_t d = 0; d < t.D; ++d) g[d] += static_cast<S>(src[d]);
-      }
-      return g.data();
-    };
-    for (int64_t gi = begin; gi < end; ++gi) {
-      if (t1.s1 == 1 && gi + kPrefetchAhead < end) {  // t1's rows are scattered over a large table
-        const int64_t ahead = idx[groups.first[gi + kPrefetchAhead]];
-        prefetch_row(t1.param + ahead * t1.s0, t1.D * static_cast<int64_t>(sizeof(scalar_t)));
-        prefetch_row(t1.acc + ahead * t1.s0, t1.D * static_cast<int64_t>(sizeof(S)));
-        if (momentum > 0) prefetch_row(t1.mom + ahead * t1.s0, t1.D * static_cast<int64_t>(sizeof(S)));
-      }
-      const int64_t i0 = groups.first[gi];
-      const int64_t row = idx[i0];
-      for (const PairTable<scalar_t>* t : {&t1, &t2}) {
-        const S* gsum = group_sum(*t, i0, t == &t1 ? M : M2);
-        if (gsum == nullptr) continue;
-        update(t->param + row * t->s0, t->acc + row * t->s0, momentum > 0 ? t->mom + row * t->s0 : nullptr, t->s1,
-               gsum, t->D, lr, momentum, eps);
-      }
-    }
-  });
-}
-
+// sparse_adagrad_pair_ on the CPU: the two tables' updates, one after the other (the CUDA kernel
+// shares one sort between them; the results are the same).
 void sparse_adagrad_pair_cpu(at::Tensor& param, at::Tensor& acc, at::Tensor& mom, at::Tensor& param2,
                              at::Tensor& acc2, at::Tensor& mom2, const at::Tensor& indices, const at::Tensor& rows,
                              const at::Tensor& rows2, double lr, double momentum, double eps) {
   check_sparse_adagrad_pair_args(param, acc, mom, param2, acc2, mom2, indices, rows, rows2, lr, momentum, eps);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, param.scalar_type(), "sparse_adagrad_pair_cpu", [&] {
-    using S = state_t<scalar_t>;
-    const bool mu = momentum > 0;
-    const PairTable<scalar_t> t1{param.data_ptr<scalar_t>(), acc.data_ptr<S>(), mu ? mom.data_ptr<S>() : nullptr,
-                                 param.stride(0), param.stride(1), param.size(1), rows.data_ptr<scalar_t>()};
-    const PairTable<scalar_t> t2{param2.data_ptr<scalar_t>(), acc2.data_ptr<S>(), mu ? mom2.data_ptr<S>() : nullptr,
-                                 param2.stride(0), param2.stride(1), param2.size(1), rows2.data_ptr<scalar_t>()};
-    sparse_adagrad_pair_rows<scalar_t>(t1, t2, indices.data_ptr<int64_t>(), param.size(0), indices.size(0),
-                                       rows2.size(0), static_cast<S>(lr), static_cast<S>(momentum),
-                                       static_cast<S>(eps));
-  });
+  sparse_adagrad_cpu(param, acc, mom, indices, rows, lr, momentum, eps);
+  sparse_adagrad_cpu(param2, acc2, mom2, indices.narrow(0, 0, rows2.size(0)), rows2, lr, momentum, eps);
 }
 
 // p, g [n] (scalar_t), a, v [n] (state type): the dense Adagrad-momentum update of one contiguous
