@@ -107,6 +107,20 @@ def timed_steps(trainer, mode, steps, warmup):
             "seconds": res["seconds"], "events": res["events"]}
 
 
+# After a loaded run the package's pool still runs its jobs alone for up to 4096 of them (its
+# back-off after stalls, csrc/cpu/thread_pool.cpp), about a second of training: the quiet runs
+# that follow a loaded one start after this much untimed 2-thread training, so that they measure
+# a quiet machine rather than the recovery from the load.
+SETTLE_SECONDS = 2.0
+
+
+def settle(trainer, seconds: float) -> None:
+    torch.set_num_threads(2)
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        trainer.run_epoch(0, max_steps=20)
+
+
 def mean_unique_candidates(trainer, steps=50) -> float:
     from gru4rec_ext.batching import build_schedule
     sched = build_schedule(trainer.data, trainer.batch_size, seed=trainer.seed, n_items=trainer.model.n_items)
@@ -175,6 +189,8 @@ def main(argv=None):
         for r in range(args.repeat):
             for load in ("quiet", args.load):
                 with competitor("none" if load == "quiet" else load, preset, DATA[preset]):
+                    if load == "quiet" and r > 0:
+                        settle(trainer, SETTLE_SECONDS)
                     order = MODES if r % 2 == 0 else tuple(reversed(MODES))
                     for mode in order:
                         runs[f"{mode}/{load}"].append(timed_steps(trainer, mode, steps, args.warmup))
