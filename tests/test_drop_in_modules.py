@@ -218,3 +218,38 @@ def test_sparse_grad_module_repr_and_double_backward():
     (g,) = torch.autograd.grad(out, h, create_graph=True)
     with pytest.raises(RuntimeError, match="double backward"):
         g.sum().backward()
+
+
+@needs_extension()
+def test_torch_compile_fullgraph_before_any_eager_call():
+    """In a fresh process, torch.compile(fullgraph=True) of a model using both modules traces
+    before any eager call (the kernel-availability check is a constant for the compiler), with
+    dense and with sparse table gradients, and gives eager's loss and gradients."""
+    code = textwrap.dedent("""
+        import torch
+        from gru4rec_ext import SampledRankingLoss, SessionGRU
+        for sparse in (False, True):
+            torch.manual_seed(0)
+            w = torch.nn.Parameter(torch.randn(50, 8)); b = torch.nn.Parameter(torch.zeros(50))
+            loss_fn = SampledRankingLoss("bpr-max", bpreg=0.5, sparse_grad=sparse)
+            gru = SessionGRU(8, 8)
+            def f(x, r, t, s):
+                out, _ = gru(x, r)
+                return loss_fn(out[-1], w, b, t, s)
+            x, r = torch.randn(2, 4, 8), torch.tensor([[False] * 4, [True, False, False, True]])
+            t, s = torch.tensor([1, 2, 3, 4]), torch.tensor([5, 6, 7, 1])
+            compiled = torch.compile(f, fullgraph=True, backend="aot_eager")(x, r, t, s)
+            compiled.backward()
+            g_c = (w.grad.to_dense().clone(), gru.weight_hh_l0.grad.clone())
+            w.grad = None; gru.weight_hh_l0.grad = None
+            eager = f(x, r, t, s)
+            eager.backward()
+            assert torch.allclose(compiled, eager), (compiled, eager)
+            assert w.grad.is_sparse == sparse
+            assert torch.allclose(g_c[0], w.grad.to_dense()) and torch.allclose(g_c[1], gru.weight_hh_l0.grad)
+        print("compiled first ok")
+    """)
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0 and "compiled first ok" in run.stdout, run.stdout[-2000:] + run.stderr[-3000:]

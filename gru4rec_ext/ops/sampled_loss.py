@@ -37,6 +37,7 @@ _RANKING_LOSS = torch.ops.gru4rec.sampled_ranking_loss.default if _extension.ava
 _kernel_ok: dict = {}  # device type -> whether the compiled kernel runs there (asked once)
 
 
+@torch.compiler.assume_constant_result  # torch.compile: asked while tracing, a constant in the graph
 def _use_kernel(device: torch.device) -> bool:
     ok = _kernel_ok.get(device.type)
     if ok is None:
