@@ -21,8 +21,7 @@ import json
 
 import torch
 
-from gru4rec_ext.cli import MODEL_KEYS, resolve_config
-from gru4rec_ext.model import GRU4Rec
+from gru4rec_ext.cli import resolve_config
 from gru4rec_ext.train import Trainer
 from gru4rec_ext.train_graph import EagerStandIn
 
@@ -37,20 +36,12 @@ NO_WORK = {"aten::empty", "aten::empty_like", "aten::empty_strided", "aten::new_
            "aten::_has_compatible_shallow_copy_type", "aten::clone_if_needed"}
 
 
-def small_data(n_items: int, n_events: int = 20_000):
-    from bench_train_cuda import synthetic_sessions
-    return synthetic_sessions(n_items, n_events, seed=0)
-
-
 def make_static_trainer(preset: str, n_items: int) -> Trainer:
+    """bench_train.py --device cuda's trainer of `preset`, on the CPU with the emulated CUDA step."""
+    from bench_train_cuda import make_trainer, synthetic_sessions
     from gru4rec_ext import _cuda_emu  # noqa: F401 (registers torch.ops.gru4rec_emu)
-    cfg = resolve_config(preset)
-    data = small_data(n_items)
-    torch.manual_seed(0)
-    model = GRU4Rec(data.n_items, **{**{k: cfg[k] for k in MODEL_KEYS}, "backend": "kernels"})
-    trainer = Trainer(model, data, n_epochs=1, batch_size=cfg["batch_size"], n_sample=cfg["n_sample"],
-                      sample_alpha=cfg["sample_alpha"], loss=cfg["loss"], bpreg=cfg["bpreg"], logq=cfg["logq"],
-                      learning_rate=cfg["learning_rate"], momentum=cfg["momentum"], seed=0, progress=False)
+    data = synthetic_sessions(n_items, 20_000, seed=0)
+    trainer = make_trainer(resolve_config(preset), data, torch.device("cpu"), False, seed=0)
     trainer.static_step, trainer.cuda_graph = True, False
     trainer.step_ops = torch.ops.gru4rec_emu
     trainer.graph_backend = EagerStandIn()

@@ -24,11 +24,8 @@ constexpr int kDropoutThreads = 256;
 template <typename scalar_t>
 __global__ void dropout_apply_kernel(scalar_t* __restrict__ mask, const scalar_t* __restrict__ x,
                                      scalar_t* __restrict__ y, scalar_t threshold, scalar_t kept, int64_t n) {
-  using opmath_t = at::opmath_type<scalar_t>;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const scalar_t m = mask[i] >= threshold ? kept : scalar_t(0);
-    mask[i] = m;
-    y[i] = static_cast<scalar_t>(static_cast<opmath_t>(x[i]) * static_cast<opmath_t>(m));
+    y[i] = dropout_element(mask[i], x[i], threshold, kept);
   }
 }
 
@@ -40,11 +37,10 @@ at::Tensor dropout_apply_cuda(at::Tensor& mask, const at::Tensor& x, double p) {
   if (n == 0) return y;
   const int64_t blocks = std::min<int64_t>((n + kDropoutThreads - 1) / kDropoutThreads, max_grid_blocks());
   GRU4REC_CUDA_DISPATCH(x.scalar_type(), "dropout_apply_cuda", [&] {
-    using opmath_t = at::opmath_type<scalar_t>;
-    const scalar_t kept = static_cast<scalar_t>(opmath_t(1) * static_cast<opmath_t>(1.0 / (1.0 - p)));
+    const DropoutConsts<scalar_t> c(p);
     launch_kernel(&dropout_apply_kernel<scalar_t>, static_cast<unsigned int>(blocks), kDropoutThreads,
-                  mask.data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
-                  static_cast<scalar_t>(p), kept, n);
+                  mask.data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), c.threshold,
+                  c.kept, n);
   });
   return y;
 }
