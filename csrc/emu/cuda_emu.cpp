@@ -507,6 +507,11 @@ int64_t& grid_block_limit() {
   return blocks;
 }
 
+int64_t& scan_index_limit() {
+  static int64_t limit = 8192;
+  return limit;
+}
+
 Schedule set_schedule(Schedule schedule) {
   const Schedule old = g_schedule;
   g_schedule = schedule;

@@ -93,6 +93,11 @@ Schedule set_schedule(Schedule schedule);  // returns the previous one (per OS t
 // the grid-stride loops' later rounds too.
 int64_t& grid_block_limit();
 
+// The most indices for which the sparse Adagrad kernels find runs of equal indices by scanning
+// rather than after a sort (csrc/cuda/kernels/sparse_adagrad_kernels.cuh: scan_max_indices), 8192
+// as on the GPU build unless a test lowers it, so that small cases take the sorted path too.
+int64_t& scan_index_limit();
+
 // Entry points of the scheduler (cuda_emu.cpp). `file`/`line` name the call site.
 void syncthreads(const char* file, int line);
 uint64_t warp_collective(WarpOp op, const char* file, int line, unsigned mask, uint64_t value,

@@ -50,4 +50,15 @@ PYBIND11_MODULE(_cuda_emu, m) {
       },
       pybind11::arg("blocks"),
       "Sets the most blocks a grid-stride launch starts (default 2^16); returns the old value");
+  m.def(
+      "set_scan_max_indices",
+      [](int64_t n) {
+        TORCH_CHECK(n >= 0, "set_scan_max_indices: n must be >= 0, got ", n);
+        const int64_t old = gru4rec_emu::scan_index_limit();
+        gru4rec_emu::scan_index_limit() = n;
+        return old;
+      },
+      pybind11::arg("n"),
+      "Sets the most indices the sparse Adagrad kernels take without a sort (default 8192; 0: "
+      "always sort); returns the old value");
 }
