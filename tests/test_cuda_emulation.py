@@ -385,13 +385,22 @@ def test_loss_random_shapes(draw, schedule):
     check_loss(inputs, options(loss, activation, draw % 2 == 1, inputs))
 
 
-@pytest.mark.parametrize("C", [1, 255, 256, 257, 512, 1000])
+@pytest.mark.parametrize("C", [1, 255, 256, 257, 511, 512, 513, 1000])
 def test_loss_columns_around_the_block_size(C, schedule):
-    """C = B + K below, at and above multiples of the 256-thread block."""
+    """C = B + K below, at and above multiples of the row kernel's blocks (512 threads for up to
+    256 rows, 256 threads above)."""
     B = 1 if C == 1 else 5
     inputs = make_inputs(B, C - B, 6, 700, device="cpu", seed=C)
     for k, loss in enumerate(LOSSES):
         check_loss(inputs, options(loss, ACTIVATIONS[k % 3], k % 2 == 0, inputs))
+
+
+@pytest.mark.parametrize("B", [256, 257])
+def test_loss_rows_around_the_wide_block_limit(B, schedule):
+    """Up to 256 rows a row's block has 512 threads, above it 256: both, every loss."""
+    inputs = make_inputs(B, 300, 4, 900, device="cpu", seed=B)
+    for k, loss in enumerate(LOSSES):
+        check_loss(inputs, options(loss, ACTIVATIONS[k % 3], k % 2 == 1, inputs))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, LOW], ids=["float64", "bfloat16"])
@@ -512,6 +521,84 @@ def check_sparse_adagrad(dtype, D, momentum, transposed):
         assert rel_err(me[touched], ref_m[touched]) < max(tol, 1e-6)
         assert torch.equal(me[~touched], mom[~touched])
     record("sparse_adagrad_", dtype, err_p)
+
+
+def sorted_path(sort):
+    """Runs the sparse Adagrad kernels after a sort (`sort`) or on their scan of the indices."""
+    class _Path:
+        def __enter__(self):
+            self.old = _cuda_emu.set_scan_max_indices(0 if sort else 1 << 30)
+
+        def __exit__(self, *exc):
+            _cuda_emu.set_scan_max_indices(self.old)
+    return _Path()
+
+
+def long_runs_case(dtype, D, momentum, seed=3):
+    """500 indices over 5 rows (runs of ~100, some past the 128 positions a block keeps, one row
+    in two thirds of them), every 9th -1: the kernels' second scan of the indices."""
+    param, acc, mom, _, _ = adagrad_case(dtype, D, momentum, N=5, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.where(torch.rand(500, generator=g) < 0.66, 2, torch.randint(0, 5, (500,), generator=g))
+    idx[::9] = -1
+    rows = torch.randn(500, D, generator=g, dtype=torch.float64).to(dtype)
+    return param, acc, mom, idx, rows
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("case", ["short-runs", "long-runs"])
+def test_sparse_adagrad_scan_equals_sort(dtype, momentum, case):
+    """The two ways the kernels find the runs of equal indices (a scan of the indices by each block
+    up to 8192 of them, one sort above) sum each run in the same order: the same bits. Both match
+    the CPU kernel and the float64 reference, runs longer than a block keeps included."""
+    lr, eps, D = 0.05, 1e-6, 33
+    param, acc, mom, idx, rows = (adagrad_case(dtype, D, momentum) if case == "short-runs"
+                                  else long_runs_case(dtype, D, momentum))
+    out = {}
+    for sort in (False, True):
+        with sorted_path(sort):
+            p, a, m = param.clone(), acc.clone(), mom.clone()
+            EMU.sparse_adagrad_(p, a, m, idx, rows, lr, momentum, eps)
+        out[sort] = (p, a, m)
+    for x, y in zip(out[False], out[True]):
+        assert torch.equal(x, y)
+    touched, ref_p, _, _ = adagrad_expected(param, acc, mom, idx, rows, lr, momentum, eps)
+    tol = 1e-5 if dtype == torch.float32 else 2 * torch.finfo(dtype).eps
+    assert rel_err(out[False][0][touched], ref_p[touched]) < tol
+    assert torch.equal(out[False][0][~touched], param[~touched])
+    p, a, m = param.clone(), acc.clone(), mom.clone()
+    CPU.sparse_adagrad_(p, a, m, idx, rows, lr, momentum, eps)
+    assert rel_err(out[False][0], p) < tol and rel_err(out[False][1], a) < tol
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("case", ["short-runs", "long-runs"])
+@pytest.mark.parametrize("sort", [False, True], ids=["scan", "sort"])
+def test_sparse_adagrad_pair(momentum, case, sort):
+    """sparse_adagrad_pair_ (Wy [N,D] at every index, By [N,1] at the first M2 only) on both paths:
+    against the CPU pair kernel, and against two single-table updates (By's at its M2 indices)."""
+    lr, eps, D = 0.05, 1e-6, 20
+    param, acc, mom, idx, rows = (adagrad_case(torch.float32, D, momentum) if case == "short-runs"
+                                  else long_runs_case(torch.float32, D, momentum))
+    N, M = param.shape[0], idx.shape[0]
+    M2 = M // 3
+    g = torch.Generator().manual_seed(11)
+    by, by_acc, by_mom = torch.randn(N, 1, generator=g), torch.rand(N, 1, generator=g), torch.randn(N, 1, generator=g)
+    rows2 = torch.randn(M2, 1, generator=g)
+    results = {}
+    for name, ops in (("emu", EMU), ("cpu", CPU)):
+        t = [x.clone() for x in (param, acc, mom, by, by_acc, by_mom)]
+        with sorted_path(sort):
+            ops.sparse_adagrad_pair_(*t, idx, rows, rows2, lr, momentum, eps)
+        results[name] = t
+    two = [x.clone() for x in (param, acc, mom, by, by_acc, by_mom)]
+    with sorted_path(sort):
+        EMU.sparse_adagrad_(*two[:3], idx, rows, lr, momentum, eps)
+        EMU.sparse_adagrad_(*two[3:], idx[:M2], rows2, lr, momentum, eps)
+    for e, c, t in zip(results["emu"], results["cpu"], two):
+        assert torch.equal(e, t)  # the same runs, summed in the same order
+        assert rel_err(e, c) < 1e-5
 
 
 def test_sparse_adagrad_bad_index_is_a_device_assert():
