@@ -18,13 +18,19 @@ namespace {
 
 namespace lm = loss_math;
 
-constexpr int kLossThreads = 256;
-constexpr int kLossWarps = kLossThreads / 32;
+// Threads of the row kernel's block: 512 when the rows are few (a training step's B = 32 or 80
+// rows on 132 SMs: one block per row, so each row's passes over its C ~ 2k columns are the step's
+// latency, 5 loads per thread each instead of 9), else 256. (1024 spills registers under
+// __launch_bounds__; 512 does not, in float and bfloat16.)
+constexpr int kLossThreadsFew = 512;
+constexpr int kLossThreadsMany = 256;
+constexpr int64_t kFewLossRows = 256;
 constexpr int kMaxVals = 4;  // most values one block reduction carries
 
-// Block-wide reduction (max when kMax, else sum) of NV values held by every thread; every thread
-// gets the results back in vals. partials: shared [kLossWarps * kMaxVals], results: shared [kMaxVals].
-template <bool kMax, int NV, typename acc_t>
+// Block-wide reduction (max when kMax, else sum) of NV values held by every thread of a block of
+// kWarps warps; every thread gets the results back in vals. partials: shared
+// [kWarps * kMaxVals], results: shared [kMaxVals].
+template <bool kMax, int kWarps, int NV, typename acc_t>
 __device__ __forceinline__ void block_reduce(acc_t (&vals)[NV], acc_t* partials, acc_t* results) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const acc_t identity = kMax ? -std::numeric_limits<acc_t>::infinity() : acc_t(0);
@@ -42,7 +48,7 @@ __device__ __forceinline__ void block_reduce(acc_t (&vals)[NV], acc_t* partials,
   if (warp == 0) {
 #pragma unroll
     for (int k = 0; k < NV; ++k) {
-      acc_t x = lane < kLossWarps ? partials[lane * kMaxVals + k] : identity;
+      acc_t x = lane < kWarps ? partials[lane * kMaxVals + k] : identity;
 #pragma unroll
       for (int off = 16; off > 0; off >>= 1) {
         const acc_t y = __shfl_xor_sync(0xffffffffu, x, off);
@@ -56,23 +62,24 @@ __device__ __forceinline__ void block_reduce(acc_t (&vals)[NV], acc_t* partials,
   for (int k = 0; k < NV; ++k) vals[k] = results[k];
 }
 
-// The fused row pass, one block per row b: S [B,C] raw scores in, dL/dS (times scale = 1/B) out
+// The fused row pass, one block of kThreads per row b: S [B,C] raw scores in, dL/dS (times scale = 1/B) out
 // in place; cand [C] int64; log_q [C] or null (cross-entropy with logq > 0 only); valid [B] or
 // null (an invalid row has no loss and its column is no negative); row_loss [B] (accumulation type, times scale). Activated scores are recomputed from S in
 // every pass (S stays in L1/L2), so no scratch memory is needed.
-template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kLossThreads)
+template <int kThreads, typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
     sampled_loss_row_kernel(scalar_t* __restrict__ S, const int64_t* __restrict__ cand,
                             const scalar_t* __restrict__ log_q, const bool* __restrict__ valid,
                             acc_t* __restrict__ row_loss, int64_t C, lm::LossParams<acc_t> p) {
-  __shared__ acc_t partials[kLossWarps * kMaxVals];
+  constexpr int kWarps = kThreads / 32;
+  __shared__ acc_t partials[kWarps * kMaxVals];
   __shared__ acc_t results[kMaxVals];
   const int64_t b = blockIdx.x;
   scalar_t* row = S + b * C;
   const int tid = threadIdx.x;
 
   auto zero_row = [&]() {
-    for (int64_t j = tid; j < C; j += kLossThreads) row[j] = scalar_t(0);
+    for (int64_t j = tid; j < C; j += kThreads) row[j] = scalar_t(0);
     if (tid == 0) row_loss[b] = acc_t(0);
   };
   if (valid != nullptr && !valid[b]) {
@@ -98,16 +105,16 @@ __global__ void __launch_bounds__(kLossThreads)
     auto shift = [&](int64_t j) { return log_q ? p.logq * static_cast<acc_t>(log_q[j]) : acc_t(0); };
     const acc_t zi = ri - shift(b);
     acc_t mx[1] = {ninf};
-    for (int64_t j = tid; j < C; j += kLossThreads)
+    for (int64_t j = tid; j < C; j += kThreads)
       if (j == b || is_neg(j)) mx[0] = lm::max_of(mx[0], act(static_cast<acc_t>(row[j])) - shift(j));
-    block_reduce<true>(mx, partials, results);
+    block_reduce<true, kWarps>(mx, partials, results);
     const acc_t m = mx[0];
     acc_t sum[1] = {acc_t(0)};
-    for (int64_t j = tid; j < C; j += kLossThreads)
+    for (int64_t j = tid; j < C; j += kThreads)
       if (j == b || is_neg(j)) sum[0] += std::exp(act(static_cast<acc_t>(row[j])) - shift(j) - m);
-    block_reduce<false>(sum, partials, results);
+    block_reduce<false, kWarps>(sum, partials, results);
     const acc_t invZ = acc_t(1) / sum[0];
-    for (int64_t j = tid; j < C; j += kLossThreads) {
+    for (int64_t j = tid; j < C; j += kThreads) {
       const acc_t x = static_cast<acc_t>(row[j]), r = act(x);
       acc_t g = (j == b || is_neg(j)) ? std::exp(r - shift(j) - m) * invZ : acc_t(0);
       if (j == b) g -= acc_t(1);
@@ -121,7 +128,7 @@ __global__ void __launch_bounds__(kLossThreads)
     // BPR: -(1/N_s) sum_j log sigmoid(r_i - r_j); TOP1: (1/N_s) sum_j sigmoid(r_j - r_i) + sigmoid(r_j^2).
     const bool bpr = p.loss == lm::kBPR;
     acc_t acc[3] = {acc_t(0), acc_t(0), acc_t(0)};  // sum of terms, -dL/dr_i * N_s, N_s
-    for (int64_t j = tid; j < C; j += kLossThreads) {
+    for (int64_t j = tid; j < C; j += kThreads) {
       if (!is_neg(j)) continue;
       const acc_t r = act(static_cast<acc_t>(row[j])), d = r - ri;
       if (bpr) {
@@ -137,13 +144,13 @@ __global__ void __launch_bounds__(kLossThreads)
       }
       acc[2] += acc_t(1);
     }
-    block_reduce<false>(acc, partials, results);
+    block_reduce<false, kWarps>(acc, partials, results);
     if (acc[2] <= acc_t(0)) {
       zero_row();
       return;
     }
     const acc_t inv = acc_t(1) / acc[2];
-    for (int64_t j = tid; j < C; j += kLossThreads) {
+    for (int64_t j = tid; j < C; j += kThreads) {
       const acc_t x = static_cast<acc_t>(row[j]), r = act(x);
       acc_t g = acc_t(0);
       if (j == b) {
@@ -164,13 +171,13 @@ __global__ void __launch_bounds__(kLossThreads)
   // = lse(v) - lse(r) over the negatives (see csrc/cpu/sampled_loss_cpu.cpp for the gradients).
   const bool bprmax = p.loss == lm::kBPRMax;
   acc_t mx[2] = {ninf, ninf};  // max r_j, max v_j over the negatives
-  for (int64_t j = tid; j < C; j += kLossThreads) {
+  for (int64_t j = tid; j < C; j += kThreads) {
     if (!is_neg(j)) continue;
     const acc_t r = act(static_cast<acc_t>(row[j]));
     mx[0] = lm::max_of(mx[0], r);
     if (bprmax) mx[1] = lm::max_of(mx[1], r + lm::log_sigmoid(ri - r));
   }
-  block_reduce<true>(mx, partials, results);
+  block_reduce<true, kWarps>(mx, partials, results);
   if (mx[0] == ninf) {  // no negatives
     zero_row();
     return;
@@ -179,7 +186,7 @@ __global__ void __launch_bounds__(kLossThreads)
   // BPR-max: {Z, sum e_j r_j^2, sum exp(v_j - mv), sum exp(v_j - mv) sigmoid(r_j - r_i)}
   // TOP1-max: {Z, sum e_j g_j, sum e_j sigmoid'(r_j - r_i), unused}
   acc_t acc[4] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
-  for (int64_t j = tid; j < C; j += kLossThreads) {
+  for (int64_t j = tid; j < C; j += kThreads) {
     if (!is_neg(j)) continue;
     const acc_t r = act(static_cast<acc_t>(row[j]));
     const acc_t e = std::exp(r - m);
@@ -198,14 +205,14 @@ __global__ void __launch_bounds__(kLossThreads)
       acc[2] += e * gd;
     }
   }
-  block_reduce<false>(acc, partials, results);
+  block_reduce<false, kWarps>(acc, partials, results);
   const acc_t invZ = acc_t(1) / acc[0];
   if (bprmax) {
     const acc_t lse = mv + std::log(acc[2]) - (m + std::log(acc[0]));
     const acc_t leps = lm::log_bprmax_eps<acc_t>();
     const acc_t rho = lm::sigmoid(lse - leps);
     const acc_t R = acc[1] * invZ, inv_sv = acc_t(1) / acc[2];
-    for (int64_t j = tid; j < C; j += kLossThreads) {
+    for (int64_t j = tid; j < C; j += kThreads) {
       const acc_t x = static_cast<acc_t>(row[j]), r = act(x);
       acc_t g = acc_t(0);
       if (j == b) {
@@ -222,7 +229,7 @@ __global__ void __launch_bounds__(kLossThreads)
     if (tid == 0) row_loss[b] = (-lm::log_add_exp(lse, leps) + p.bpreg * R) * p.scale;
   } else {
     const acc_t G = acc[1] * invZ;
-    for (int64_t j = tid; j < C; j += kLossThreads) {
+    for (int64_t j = tid; j < C; j += kThreads) {
       const acc_t x = static_cast<acc_t>(row[j]), r = act(x);
       acc_t g = acc_t(0);
       if (j == b) {

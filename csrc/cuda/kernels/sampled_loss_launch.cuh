@@ -45,8 +45,10 @@ std::tuple<at::Tensor, at::Tensor> sampled_loss_forward_cuda(
                                   mask_hits,
                                   static_cast<acc_t>(1.0 / static_cast<double>(d.B))};
     // One block per row (d.B >= 1: checked above).
-    launch_kernel(&sampled_loss_row_kernel<scalar_t, acc_t>, static_cast<unsigned>(d.B),
-                  kLossThreads, scores.data_ptr<scalar_t>(), cand.data_ptr<int64_t>(),
+    const bool few = d.B <= kFewLossRows;
+    launch_kernel(few ? &sampled_loss_row_kernel<kLossThreadsFew, scalar_t, acc_t>
+                      : &sampled_loss_row_kernel<kLossThreadsMany, scalar_t, acc_t>,
+                  static_cast<unsigned>(d.B), few ? kLossThreadsFew : kLossThreadsMany, scores.data_ptr<scalar_t>(), cand.data_ptr<int64_t>(),
                   use_logq ? lq.data_ptr<scalar_t>() : nullptr,
                   vd.defined() ? vd.data_ptr<bool>() : nullptr, row_loss.data_ptr<acc_t>(), d.C, p);
   });

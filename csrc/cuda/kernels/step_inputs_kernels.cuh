@@ -17,7 +17,9 @@
 namespace gru4rec {
 namespace {
 
-constexpr int kStepInputThreads = 256;
+// One block of 1024 threads: the B+K ~ 2k entries in 2-3 rounds of dependent loads (a sample id,
+// then its log q) instead of 9 (5.6 us of a 183 us step at 256 threads on an H200).
+constexpr int kStepInputThreads = 1024;
 
 // step, offset int64 [1]; inputs_all, targets_all int64 [S,B], reset_all, valid_all bool [S,B];
 // cache int64 [Nc]; log_count, log_weight [N] or null; out: inputs [B], candidates [B+K], reset,
