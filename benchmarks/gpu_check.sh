@@ -5,6 +5,13 @@
 #   device run: bash benchmarks/gpu_check.sh            (timeout_s 600; the stages' limits sum to 587 s; 360 s on 2026-12-04)
 #   then: commit $OUT's summary.txt and logs.tar.gz under benchmarks/results/gpu-h200/<date>/
 #   here:       GPU_CHECK_DRY_RUN=1 bash benchmarks/gpu_check.sh   (prints the stages, runs nothing)
+#   a follow-up run after a fix (the device budget is 15 minutes per session, first run included):
+#     GPU_CHECK_ONLY="machine build cuda-tests bench-train accuracy-cuda" GPU_CHECK_SEEDS="1 2 3" \
+#       bash benchmarks/gpu_check.sh
+#   GPU_CHECK_ONLY: the stages to run (names as below, a name also picks its X-... stages; the
+#   others are listed as skipped);
+#   GPU_CHECK_SEEDS: after accuracy-cuda, a stage accuracy-cuda-seed<S> per seed S (20 s each) trains
+#   with that seed, to tell a seed's spread from a difference between the CPU and CUDA.
 # Stages, each with its own time limit, each recorded in $OUT/summary.txt with its exit status; a
 # failing stage never stops the script (a first run must show every failure, not the first):
 #   1. machine        nvidia-smi, torch, commit
@@ -47,6 +54,14 @@ failed=()
 run() {
   local name=$1 limit=$2
   shift 2
+  if [ -n "${GPU_CHECK_ONLY:-}" ]; then  # a stage runs when named, or a stage it extends (X-...) is
+    local w picked=0
+    for w in $GPU_CHECK_ONLY; do [[ $name == "$w" || $name == "$w"-* ]] && picked=1; done
+    if [ $picked -eq 0 ]; then
+      note "== $name: skipped (not in GPU_CHECK_ONLY)"
+      return 0
+    fi
+  fi
   note "== $name (limit ${limit} s, at $(( $(date +%s) - t0 )) s): $*"
   if [ "$DRY" = "1" ]; then
     return 0
@@ -81,6 +96,11 @@ mkdir -p "$RES"
 run bench-train 50 "$PY" benchmarks/bench_train.py --device cuda --steps 300 --out "$RES"
 run accuracy-cuda 60 "$PY" -m gru4rec_ext train data/rsc15_100k/train.tsv.xz --test data/rsc15_100k/test.tsv.xz \
   --preset rsc15 --device cuda -m 1 5 10 20 -e standard --json "$RES/accuracy_rsc15_100k_cuda.json"
+for seed in ${GPU_CHECK_SEEDS:-}; do  # the seeds' spread, beside the CPU's (CPU: scripts in the note)
+  run "accuracy-cuda-seed$seed" 20 "$PY" -m gru4rec_ext -q train data/rsc15_100k/train.tsv.xz \
+    --test data/rsc15_100k/test.tsv.xz --preset rsc15 --device cuda -m 20 -e standard --seed "$seed" \
+    --json "$RES/accuracy_rsc15_100k_cuda_seed$seed.json"
+done
 
 # 6. compute-sanitizer. A 50-step training run: a tiny epoch of the first sessions of rsc15_100k
 # (about 50 steps of 32 rows), written by a small script to $OUT/tiny_train.tsv.
