@@ -141,10 +141,11 @@ SampledLossDims check_sampled_loss_args(const at::Tensor& hidden, const at::Tens
 // The device-independent first step of the forward: a fresh workspace (flat, hidden's dtype,
 // B*U + U*H) whose first B*U entries hold the raw scores S = hidden @ W[c]^T + b[c] as [B,U] and
 // whose last U*H entries hold the gathered rows W[c] as [U,H]. The row pass then overwrites S in
-// place with dL/dS (summed over the columns that share a gathered row).
+// place with dL/dS (summed over the columns that share a gathered row). add_bias false: S without
+// b[c] (the CUDA row kernel adds it, which saves the bias gather's launch).
 at::Tensor sampled_loss_scores(const at::Tensor& hidden, const at::Tensor& weight,
                                const at::Tensor& bias, const at::Tensor& candidates,
-                               const SampledLossDims& dims);
+                               const SampledLossDims& dims, bool add_bias = true);
 
 // The [B,U] view of dL/dS and the [U,H] view of the gathered rows inside a workspace.
 at::Tensor workspace_grad_scores(const at::Tensor& workspace, const SampledLossDims& dims);

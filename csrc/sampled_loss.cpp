@@ -124,13 +124,16 @@ at::Tensor workspace_rows(const at::Tensor& workspace, const SampledLossDims& d)
 
 at::Tensor sampled_loss_scores(const at::Tensor& hidden, const at::Tensor& weight,
                                const at::Tensor& bias, const at::Tensor& candidates,
-                               const SampledLossDims& d) {
+                               const SampledLossDims& d, bool add_bias) {
   at::Tensor workspace = at::empty({d.B * d.U + d.U * d.H}, hidden.options());
   at::Tensor rows = workspace_rows(workspace, d);
   gru4rec::gather_rows_out(rows, weight, candidates);
-  const at::Tensor bias_rows = gru4rec::gather_rows(bias, candidates);
   at::Tensor scores = workspace_grad_scores(workspace, d);
-  gru4rec::addmm_out(scores, bias_rows, hidden, rows.t());
+  if (add_bias) {
+    gru4rec::addmm_out(scores, gru4rec::gather_rows(bias, candidates), hidden, rows.t());
+  } else {
+    gru4rec::mm_out(scores, hidden, rows.t());
+  }
   return workspace;
 }
 

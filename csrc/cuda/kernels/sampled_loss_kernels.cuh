@@ -62,13 +62,15 @@ __device__ __forceinline__ void block_reduce(acc_t (&vals)[NV], acc_t* partials,
   for (int k = 0; k < NV; ++k) vals[k] = results[k];
 }
 
-// The fused row pass, one block of kThreads per row b: S [B,C] raw scores in, dL/dS (times scale = 1/B) out
-// in place; cand [C] int64; log_q [C] or null (cross-entropy with logq > 0 only); valid [B] or
+// The fused row pass, one block of kThreads per row b: S [B,C] scores without the bias in, dL/dS
+// (times scale = 1/B) out in place; bias [N] the output bias (added in a first pass: S[b,j] +
+// bias[cand[j]], so that no gathered bias row and no bias product is needed); cand [C] int64; log_q [C] or null (cross-entropy with logq > 0 only); valid [B] or
 // null (an invalid row has no loss and its column is no negative); row_loss [B] (accumulation type, times scale). Activated scores are recomputed from S in
 // every pass (S stays in L1/L2), so no scratch memory is needed.
 template <int kThreads, typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
-    sampled_loss_row_kernel(scalar_t* __restrict__ S, const int64_t* __restrict__ cand,
+    sampled_loss_row_kernel(scalar_t* __restrict__ S, const scalar_t* __restrict__ bias,
+                            const int64_t* __restrict__ cand,
                             const scalar_t* __restrict__ log_q, const bool* __restrict__ valid,
                             acc_t* __restrict__ row_loss, int64_t C, lm::LossParams<acc_t> p) {
   constexpr int kWarps = kThreads / 32;
@@ -86,6 +88,10 @@ __global__ void __launch_bounds__(kThreads)
     zero_row();
     return;
   }
+  for (int64_t j = tid; j < C; j += kThreads) {
+    row[j] = static_cast<scalar_t>(static_cast<acc_t>(row[j]) + static_cast<acc_t>(bias[cand[j]]));
+  }
+  __syncthreads();  // row[b] below, and every pass, reads what other threads added
   const int64_t target = cand[b];
   auto act = [&](acc_t x) { return lm::activate(x, p.activation, p.elu_alpha); };
   // Negatives: every other column, except the target columns of invalid rows (absent at an epoch's

@@ -27,8 +27,10 @@ std::tuple<at::Tensor, at::Tensor> sampled_loss_forward_cuda(
               "sampled_loss (CUDA): hidden must be float32, float64 or bfloat16, got ", dtype);
   const DeviceGuard guard(hidden.device());
   const at::Tensor h = hidden.contiguous();
-  at::Tensor workspace = sampled_loss_scores(h, weight, bias, candidates, d);
+  // The scores without the bias: the row kernel adds bias[cand[j]] itself (no bias gather).
+  at::Tensor workspace = sampled_loss_scores(h, weight, bias, candidates, d, /*add_bias=*/false);
   at::Tensor scores = workspace_grad_scores(workspace, d);
+  const at::Tensor bias_c = bias.contiguous();
   const at::Tensor cand = candidates.contiguous();
   const bool use_logq = loss == lm::kCrossEntropy && logq > 0;
   const at::Tensor lq = use_logq ? log_q->contiguous() : at::Tensor();
@@ -48,7 +50,8 @@ std::tuple<at::Tensor, at::Tensor> sampled_loss_forward_cuda(
     const bool few = d.B <= kFewLossRows;
     launch_kernel(few ? &sampled_loss_row_kernel<kLossThreadsFew, scalar_t, acc_t>
                       : &sampled_loss_row_kernel<kLossThreadsMany, scalar_t, acc_t>,
-                  static_cast<unsigned>(d.B), few ? kLossThreadsFew : kLossThreadsMany, scores.data_ptr<scalar_t>(), cand.data_ptr<int64_t>(),
+                  static_cast<unsigned>(d.B), few ? kLossThreadsFew : kLossThreadsMany, scores.data_ptr<scalar_t>(),
+                  bias_c.data_ptr<scalar_t>(), cand.data_ptr<int64_t>(),
                   use_logq ? lq.data_ptr<scalar_t>() : nullptr,
                   vd.defined() ? vd.data_ptr<bool>() : nullptr, row_loss.data_ptr<acc_t>(), d.C, p);
   });
