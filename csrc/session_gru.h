@@ -9,7 +9,8 @@
 // A backend is a struct `K` with static functions taking the step structs below:
 //   K::forward_cudnn(FwdStep), K::forward_gru4rec_gates(FwdStep), K::forward_gru4rec_cand(FwdStep),
 //   K::backward_cudnn(BwdStep), K::backward_gru4rec_cand(BwdStep), K::backward_gru4rec_gates(BwdStep),
-//   K::zero_reset_rows(Tensor x [B,H], const bool* reset [B]), K::check_ids(Tensor ids, int64_t N).
+//   K::zero_reset_rows(Tensor x [B,H], const bool* reset [B]), K::check_ids(Tensor ids, int64_t N),
+//   K::bias_grads(dgi, dgh, cudnn, has_b_ih, has_b_hh) -> (grad_b_ih, grad_b_hh) (bias_grads_aten's rule).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -19,10 +20,24 @@
 
 #include <optional>
 #include <tuple>
+#include <utility>
 
 namespace gru4rec {
 
 using at::Tensor;
+
+// The bias gradients through ATen (the CPU backend's): row sums of the gate gradients dgi and dgh
+// [T*B, 3H]; for the gru4rec cell (dgh is dgi) both biases get the same sums. An absent bias gets
+// an empty tensor.
+inline std::pair<Tensor, Tensor> bias_grads_aten(const Tensor& dgi, const Tensor& dgh, bool cudnn,
+                                                 bool has_b_ih, bool has_b_hh) {
+  const auto opts = dgi.options();
+  Tensor grad_b_ih = has_b_ih ? dgi.sum(0) : at::empty({0}, opts);
+  Tensor grad_b_hh = !has_b_hh               ? at::empty({0}, opts)
+                     : (!cudnn && has_b_ih) ? grad_b_ih.clone()
+                                            : dgh.sum(0);
+  return {grad_b_ih, grad_b_hh};
+}
 
 enum Variant : int64_t { kCudnn = 0, kGru4rec = 1 };
 
@@ -260,11 +275,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> session_gru_backward_
   }
   const bool has_b_ih = bias_ih.has_value() && bias_ih->defined();
   const bool has_b_hh = bias_hh.has_value() && bias_hh->defined();
-  // Bias gradients are row sums of the gate gradients; for gru4rec both biases get the same one.
-  Tensor grad_b_ih = has_b_ih ? dgi2.sum(0) : at::empty({0}, opts);
-  Tensor grad_b_hh = !has_b_hh                ? at::empty({0}, opts)
-                     : (!cudnn && has_b_ih) ? grad_b_ih.clone()
-                                            : dgh2.sum(0);
+  auto [grad_b_ih, grad_b_hh] = K::bias_grads(dgi2, dgh2, cudnn, has_b_ih, has_b_hh);
   return {grad_input, carry, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh};
 }
 

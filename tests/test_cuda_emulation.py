@@ -241,7 +241,7 @@ def test_gru_random_shapes(variant, ids, case):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (1, 300, 600, 64), (50, 2, 33, 5), (3, 7, 31, 97)])
-def test_gru_edge_shapes(variant, shape):
+def test_gru_edge_shapes(variant, shape, schedule):
     T, B, H, E = shape
     for ids in (False, True):
         check_gru(make_args(T, B, H, E, ids, "cpu"), variant)
@@ -258,7 +258,7 @@ def test_gru_dtypes(dtype, variant, ids):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("missing", ["both", "bias_ih", "bias_hh"])
-def test_gru_missing_bias_and_repeated_ids(variant, missing):
+def test_gru_missing_bias_and_repeated_ids(variant, missing, schedule):
     for ids, E in ((True, 3), (False, 6)):  # 9 rows over 3 items: repeated ids
         args = make_args(4, 9, 17, E, ids, "cpu")
         if missing in ("both", "bias_ih"):

@@ -312,6 +312,11 @@ struct CpuKernels {
                                [&] { backward_gru4rec_gates_kernel<scalar_t>(s); });
   }
 
+  static std::pair<Tensor, Tensor> bias_grads(const Tensor& dgi, const Tensor& dgh, bool cudnn,
+                                              bool has_b_ih, bool has_b_hh) {
+    return bias_grads_aten(dgi, dgh, cudnn, has_b_ih, has_b_hh);
+  }
+
   // Zeroes the rows of x [B,H] where reset [B] is true.
   static void zero_reset_rows(Tensor& x, const bool* r) {
     const int64_t B = x.size(0), H = x.size(1);

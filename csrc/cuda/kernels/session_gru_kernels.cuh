@@ -201,6 +201,38 @@ __global__ void backward_gru4rec_gates_kernel(BwdStep s) {
   }
 }
 
+// The bias gradients, column sums of the gate gradients, in one launch for both biases: job y
+// (blockIdx.y) sums the R rows of src[y] [R, W] (contiguous) into dst[y] [W] and, when not null,
+// dst2[y] [W] (the gru4rec cell's two biases get the same sums). Blocks of kBiasCols columns x
+// kBiasSlices row slices; slice k sums rows k, k + kBiasSlices, ... and the slices are then added in
+// order: the same bits on every run.
+constexpr int kBiasCols = 32, kBiasSlices = 8;
+template <typename scalar_t>
+struct BiasSumJobs {
+  const scalar_t* src[2];
+  scalar_t* dst[2];
+  scalar_t* dst2[2];
+};
+template <typename scalar_t>
+__global__ void bias_grads_kernel(BiasSumJobs<scalar_t> jobs, int64_t R, int64_t W) {
+  using acc_t = at::opmath_type<scalar_t>;
+  __shared__ acc_t part[kBiasSlices][kBiasCols];
+  const int y = blockIdx.y;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kBiasCols + threadIdx.x;
+  acc_t sum = 0;
+  if (c < W) {
+    for (int64_t r = threadIdx.y; r < R; r += kBiasSlices) sum += acc_t(jobs.src[y][r * W + c]);
+  }
+  part[threadIdx.y][threadIdx.x] = sum;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < W) {
+    acc_t total = part[0][threadIdx.x];
+    for (int k = 1; k < kBiasSlices; ++k) total += part[k][threadIdx.x];
+    jobs.dst[y][c] = scalar_t(total);
+    if (jobs.dst2[y] != nullptr) jobs.dst2[y][c] = scalar_t(total);
+  }
+}
+
 // Zeroes the rows of x [B,H] (contiguous) where reset [B] is true.
 template <typename scalar_t>
 __global__ void zero_reset_rows_kernel(scalar_t* x, const bool* reset, int64_t B, int64_t H) {

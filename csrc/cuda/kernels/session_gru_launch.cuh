@@ -75,6 +75,36 @@ struct CudaKernels {
     });
   }
 
+  // Bias gradients (see session_gru.h: bias_grads_aten for the rule) in one launch of ours:
+  // dgi's sums into grad_b_ih (and, for gru4rec, grad_b_hh), dgh's into grad_b_hh (cudnn).
+  static std::pair<Tensor, Tensor> bias_grads(const Tensor& dgi, const Tensor& dgh, bool cudnn,
+                                              bool has_b_ih, bool has_b_hh) {
+    const int64_t R = dgi.size(0), W = dgi.size(1);
+    const auto opts = dgi.options();
+    Tensor gi = at::empty({has_b_ih ? W : 0}, opts), gh = at::empty({has_b_hh ? W : 0}, opts);
+    if (W == 0 || (!has_b_ih && !has_b_hh)) return {gi, gh};
+    GRU4REC_CUDA_DISPATCH(dgi.scalar_type(), "session_gru_backward_cuda", [&] {
+      BiasSumJobs<scalar_t> jobs{};
+      int n = 0;
+      if (has_b_ih || (!cudnn && has_b_hh)) {
+        jobs.src[n] = dgi.const_data_ptr<scalar_t>();
+        jobs.dst[n] = has_b_ih ? gi.mutable_data_ptr<scalar_t>() : gh.mutable_data_ptr<scalar_t>();
+        jobs.dst2[n] = has_b_ih && !cudnn && has_b_hh ? gh.mutable_data_ptr<scalar_t>() : nullptr;
+        ++n;
+      }
+      if (cudnn && has_b_hh) {
+        jobs.src[n] = dgh.const_data_ptr<scalar_t>();
+        jobs.dst[n] = gh.mutable_data_ptr<scalar_t>();
+        jobs.dst2[n] = nullptr;
+        ++n;
+      }
+      launch_kernel(&bias_grads_kernel<scalar_t>,
+                    dim3(static_cast<unsigned>((W + kBiasCols - 1) / kBiasCols), static_cast<unsigned>(n)),
+                    dim3(kBiasCols, kBiasSlices), jobs, R, W);
+    });
+    return {gi, gh};
+  }
+
   // Ids must be in [0, N). Not checked here: that would cost a host sync in every forward and
   // backward (SPEC section 8). The kernels assert it on the device (gi_row), and the trainer
   // validates the ids once, where the epoch schedule is built.
