@@ -35,6 +35,10 @@ def cpu_model() -> str:
 
 
 def git_commit() -> str:
+    """The measured tree's commit: GRU4REC_COMMIT when set (a device machine's copy of .git can lag
+    the tree it was sent, so the caller names the commit), else git's HEAD (+dirty)."""
+    if os.environ.get("GRU4REC_COMMIT"):
+        return os.environ["GRU4REC_COMMIT"]
     try:
         rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True,
                              text=True, timeout=10).stdout.strip()

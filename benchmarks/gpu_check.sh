@@ -2,7 +2,10 @@
 # First contact with a GPU: the one prepared run for a lent H200 (python3 3.12, torch 2.11 + CUDA
 # 13, nvcc, compute-sanitizer, no network), whose every log lands in $OUT. Run it before anything
 # else on a new GPU and commit what it found.
-#   device run: bash benchmarks/gpu_check.sh            (timeout_s 600; the stages' limits sum to 587 s; 360 s on 2026-12-04)
+#   device run: GRU4REC_COMMIT=<the commit's hash, written out> bash benchmarks/gpu_check.sh
+#               (timeout_s 600; the stages' limits sum to 587 s; 354 s on 2026-12-04). Name the commit
+#               literally: the device's copy of .git has lagged the tree it was sent, so
+#               $(git rev-parse HEAD) run there can name an older one. The benchmarks' JSON takes it.
 #   then: commit $OUT's summary.txt and logs.tar.gz under benchmarks/results/gpu-h200/<date>/
 #   here:       GPU_CHECK_DRY_RUN=1 bash benchmarks/gpu_check.sh   (prints the stages, runs nothing)
 #   a follow-up run after a fix (the device budget is 15 minutes per session, first run included):
@@ -80,7 +83,8 @@ run() {
 # 1. machine
 run machine 10 bash -c "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv; \
   $PY -c 'import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, torch.cuda.get_device_name())'; \
-  git rev-parse HEAD 2>/dev/null || echo \"commit: \${GRU4REC_COMMIT:-unknown}\"; which compute-sanitizer; uname -r"
+  echo \"commit (GRU4REC_COMMIT): \${GRU4REC_COMMIT:-not given}; device .git HEAD: \$(git rev-parse HEAD 2>/dev/null)\"; \
+  which compute-sanitizer; uname -r"
 
 # 2. build (the emulation module is CI's: GRU4REC_NO_EMU=1 skips it here and its tests skip)
 run build 120 bash -c "$PY -m pip install --no-build-isolation --no-deps -e . && \
