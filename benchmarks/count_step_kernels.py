@@ -9,7 +9,8 @@ device work (torch.profiler: the outermost ops that are not views, allocations o
 each taken as one launch. That is an estimate of what a GPU runs, not a measurement: cuBLAS may split a
 product in two kernels, `sort` runs two or three, and a contiguous copy is a memcpy rather than a
 kernel. `bench_train.py --device cuda` measures the real count on a GPU (the H200's: 42 kernels
-and 4 copies at rsc15, 49 and 4 at retailrocket, at d848fa8).
+and 4 copies at rsc15, 49 and 4 at retailrocket, at d848fa8; 29 and 2, 34 and 1 at 68f0971, where
+this script counted 27 and 29).
 
     PYTHONPATH=. python benchmarks/count_step_kernels.py [--preset rsc15 retailrocket] [--list]
 """
