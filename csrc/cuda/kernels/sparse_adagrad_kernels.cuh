@@ -126,36 +126,13 @@ struct Run {
   }
 };
 
-// param [N, D] (scalar_t) and acc/mom [N, D] (acc_t: float for Half/BFloat16), all with element
-// strides (s0, s1); keys [M] the indices (or their stable sort, with perm [M] their positions; see
-// Run), negative ones skipped; rows [M, D] (contiguous). One block per position i; the block that
-// leads its run of equal indices sums the run's rows and updates that row once; sums and the
-// update are in acc_t.
-template <typename scalar_t, typename acc_t>
-__global__ void sparse_adagrad_kernel(scalar_t* __restrict__ param, acc_t* __restrict__ acc,
-                                      acc_t* __restrict__ mom, const int64_t* __restrict__ keys,
-                                      const int64_t* __restrict__ perm, const scalar_t* __restrict__ rows,
-                                      int64_t N, int64_t M, int64_t D, int64_t s0, int64_t s1, acc_t lr,
-                                      acc_t momentum, acc_t eps) {
-  const int64_t i = blockIdx.x;
-  const int64_t row = keys[i];
-  if (row < 0) return;
-  CUDA_KERNEL_ASSERT(row < N);
-  const Run run(keys, perm, M, i, row);
-  if (!run.lead) return;
-  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
-    acc_t g = 0;
-    run.for_each([&](int64_t j) { g += static_cast<acc_t>(rows[j * D + d]); });
-    const int64_t at = row * s0 + d * s1;
-    adagrad_element<scalar_t, acc_t>(param[at], acc[at], momentum > 0 ? mom + at : nullptr, g, lr, momentum, eps);
-  }
-}
-
-// Two tables updated at the same [M] indices (keys and perm as in sparse_adagrad_kernel, negative
-// skipped): param [N, D] with rows [M, D] (every index), param2 [N, D2] with rows2 [M2, D2]
-// (indices 0..M2-1 only: a row that only later indices touch keeps param2's row, acc2 and mom2
-// as they are). Element strides (s0, s1) of param/acc/mom, (t0, t1) of param2/acc2/mom2. One block
-// per position; the block that leads a run updates the row; threads over D + D2.
+// Row-sparse Adagrad of one table, or of two at the same indices: keys [M] the indices (or their
+// stable sort, with perm [M] their positions; see Run), negative ones skipped; param [N, D] with
+// rows [M, D] (every index), param2 [N, D2] with rows2 [M2, D2] (indices 0..M2-1 only: a row that
+// only later indices touch keeps param2's row, acc2 and mom2 as they are; D2 = 0: one table).
+// acc/mom in acc_t (float for Half/BFloat16); element strides (s0, s1) of param/acc/mom, (t0, t1)
+// of param2/acc2/mom2. One block per position; the block that leads a run of equal indices sums
+// the run's rows (in acc_t) and updates the row once; threads over D + D2.
 template <typename scalar_t, typename acc_t>
 __global__ void sparse_adagrad_pair_kernel(scalar_t* __restrict__ param, acc_t* __restrict__ acc,
                                            acc_t* __restrict__ mom, scalar_t* __restrict__ param2,
@@ -250,12 +227,12 @@ void sparse_adagrad_cuda(at::Tensor& param, at::Tensor& acc, at::Tensor& mom, co
   const int threads = row_threads(D);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, param.scalar_type(), "sparse_adagrad_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    launch_kernel(&sparse_adagrad_kernel<scalar_t, acc_t>, static_cast<unsigned int>(M), threads,
-        param.data_ptr<scalar_t>(), acc.data_ptr<acc_t>(), momentum > 0 ? mom.data_ptr<acc_t>() : nullptr,
-        keys.data_ptr<int64_t>(), perm.defined() ? perm.data_ptr<int64_t>() : nullptr, rows.data_ptr<scalar_t>(),
-        param.size(0), M, D,
-        param.stride(0), param.stride(1), static_cast<acc_t>(lr), static_cast<acc_t>(momentum),
-        static_cast<acc_t>(eps));
+    launch_kernel(&sparse_adagrad_pair_kernel<scalar_t, acc_t>, static_cast<unsigned int>(M), threads,
+                  param.data_ptr<scalar_t>(), acc.data_ptr<acc_t>(), momentum > 0 ? mom.data_ptr<acc_t>() : nullptr,
+                  nullptr, nullptr, nullptr, keys.data_ptr<int64_t>(),
+                  perm.defined() ? perm.data_ptr<int64_t>() : nullptr, rows.data_ptr<scalar_t>(), nullptr,
+                  param.size(0), M, int64_t(0), D, int64_t(0), param.stride(0), param.stride(1), int64_t(0),
+                  int64_t(0), static_cast<acc_t>(lr), static_cast<acc_t>(momentum), static_cast<acc_t>(eps));
   });
 }
 
