@@ -14,7 +14,7 @@ cmake --build build/cmake -j "${MAX_JOBS:-2}"
 import torch
 torch.ops.load_library("build/cmake/libgru4rec_ops.so")
 ops = ["session_gru_forward", "session_gru_backward", "sampled_loss_forward", "sampled_loss_backward",
-       "sparse_adagrad_", "dense_adagrad_", "unique_ids", "train_step_", "step_inputs_", "dropout_apply_"]
+       "sparse_adagrad_", "sparse_adagrad_pair_", "dense_adagrad_", "unique_ids", "train_step_", "step_inputs_", "dropout_apply_"]
 missing = [op for op in ops if not torch._C._dispatch_has_kernel_for_dispatch_key(f"gru4rec::{op}", "CPU")]
 assert not missing, f"the CMake-built library has no CPU kernel for {missing}"
 x = torch.randn(1, 3, 4); h0 = torch.zeros(3, 5)

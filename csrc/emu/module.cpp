@@ -40,25 +40,21 @@ PYBIND11_MODULE(_cuda_emu, m) {
       pybind11::arg("name"),
       "Which ready thread of a block runs next: 'low_first' (default) or 'high_first' index; "
       "returns the previous schedule");
-  m.def(
-      "set_max_grid_blocks",
-      [](int64_t blocks) {
-        TORCH_CHECK(blocks >= 1, "set_max_grid_blocks: blocks must be >= 1, got ", blocks);
-        const int64_t old = gru4rec_emu::grid_block_limit();
-        gru4rec_emu::grid_block_limit() = blocks;
-        return old;
-      },
-      pybind11::arg("blocks"),
-      "Sets the most blocks a grid-stride launch starts (default 2^16); returns the old value");
-  m.def(
-      "set_scan_max_indices",
-      [](int64_t n) {
-        TORCH_CHECK(n >= 0, "set_scan_max_indices: n must be >= 0, got ", n);
-        const int64_t old = gru4rec_emu::scan_index_limit();
-        gru4rec_emu::scan_index_limit() = n;
-        return old;
-      },
-      pybind11::arg("n"),
-      "Sets the most indices the sparse Adagrad kernels take without a sort (default 8192; 0: "
-      "always sort); returns the old value");
+  // Settable limits of the emulated build (the GPU build's are constants).
+  const auto def_limit = [&m](const char* name, int64_t& (*limit)(), int64_t least, const char* doc) {
+    m.def(
+        name,
+        [name, limit, least](int64_t value) {
+          TORCH_CHECK(value >= least, name, ": the value must be >= ", least, ", got ", value);
+          const int64_t old = limit();
+          limit() = value;
+          return old;
+        },
+        pybind11::arg("value"), doc);
+  };
+  def_limit("set_max_grid_blocks", &gru4rec_emu::grid_block_limit, 1,
+            "Sets the most blocks a grid-stride launch starts (default 2^16); returns the old value");
+  def_limit("set_scan_max_indices", &gru4rec_emu::scan_index_limit, 0,
+            "Sets the most indices the sparse Adagrad kernels take without a sort (default 8192; 0: "
+            "always sort); returns the old value");
 }

@@ -27,7 +27,6 @@ _SESSION_GRU = torch.ops.gru4rec.session_gru.default if _extension.available() e
 _kernel_cache: dict[str, bool] = {}
 
 
-@torch.compiler.assume_constant_result
 @torch.compiler.assume_constant_result  # torch.compile: asked while tracing, a constant in the graph
 def _kernel_for(device_type: str) -> bool:
     """Whether the compiled op runs on this device type (asked once per type, then cached)."""

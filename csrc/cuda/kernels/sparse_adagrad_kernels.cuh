@@ -217,45 +217,43 @@ std::pair<at::Tensor, at::Tensor> run_keys(const at::Tensor& indices) {
   return {sorted.contiguous(), perm.contiguous()};
 }
 
-void sparse_adagrad_cuda(at::Tensor& param, at::Tensor& acc, at::Tensor& mom, const at::Tensor& indices,
-                         const at::Tensor& rows, double lr, double momentum, double eps) {
-  check_sparse_adagrad_args(param, acc, mom, indices, rows, lr, momentum, eps);
-  const int64_t M = indices.size(0), D = param.size(1);
-  if (M == 0 || D == 0) return;
+// The launch of both ops: one table (param2 undefined, rows2 ignored) or two.
+void launch_sparse_adagrad(at::Tensor& param, at::Tensor& acc, at::Tensor& mom, at::Tensor& param2, at::Tensor& acc2,
+                           at::Tensor& mom2, const at::Tensor& indices, const at::Tensor& rows,
+                           const at::Tensor& rows2, double lr, double momentum, double eps) {
+  const bool two = param2.defined();
+  const int64_t M = indices.size(0), M2 = two ? rows2.size(0) : 0, D = param.size(1), D2 = two ? param2.size(1) : 0;
+  if (M == 0 || D + D2 == 0) return;
   const DeviceGuard guard(param.device());
   const auto [keys, perm] = run_keys(indices);
-  const int threads = row_threads(D);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, param.scalar_type(), "sparse_adagrad_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    launch_kernel(&sparse_adagrad_pair_kernel<scalar_t, acc_t>, static_cast<unsigned int>(M), threads,
-                  param.data_ptr<scalar_t>(), acc.data_ptr<acc_t>(), momentum > 0 ? mom.data_ptr<acc_t>() : nullptr,
-                  nullptr, nullptr, nullptr, keys.data_ptr<int64_t>(),
-                  perm.defined() ? perm.data_ptr<int64_t>() : nullptr, rows.data_ptr<scalar_t>(), nullptr,
-                  param.size(0), M, int64_t(0), D, int64_t(0), param.stride(0), param.stride(1), int64_t(0),
-                  int64_t(0), static_cast<acc_t>(lr), static_cast<acc_t>(momentum), static_cast<acc_t>(eps));
+    const bool mu = momentum > 0;
+    launch_kernel(&sparse_adagrad_pair_kernel<scalar_t, acc_t>, static_cast<unsigned int>(M), row_threads(D + D2),
+                  param.data_ptr<scalar_t>(), acc.data_ptr<acc_t>(), mu ? mom.data_ptr<acc_t>() : nullptr,
+                  two ? param2.data_ptr<scalar_t>() : nullptr, two ? acc2.data_ptr<acc_t>() : nullptr,
+                  two && mu ? mom2.data_ptr<acc_t>() : nullptr, keys.data_ptr<int64_t>(),
+                  perm.defined() ? perm.data_ptr<int64_t>() : nullptr, rows.data_ptr<scalar_t>(),
+                  two ? rows2.data_ptr<scalar_t>() : nullptr, param.size(0), M, M2, D, D2, param.stride(0),
+                  param.stride(1), two ? param2.stride(0) : 0, two ? param2.stride(1) : 0, static_cast<acc_t>(lr),
+                  static_cast<acc_t>(momentum), static_cast<acc_t>(eps));
   });
 }
 
-// Wy [N, D] and By [N, D2] (the bias as [N, 1]) at one sorted copy of the indices; see
-// sparse_adagrad_pair_kernel and csrc/sparse_adagrad.cpp.
+void sparse_adagrad_cuda(at::Tensor& param, at::Tensor& acc, at::Tensor& mom, const at::Tensor& indices,
+                         const at::Tensor& rows, double lr, double momentum, double eps) {
+  check_sparse_adagrad_args(param, acc, mom, indices, rows, lr, momentum, eps);
+  at::Tensor none;
+  launch_sparse_adagrad(param, acc, mom, none, none, none, indices, rows, none, lr, momentum, eps);
+}
+
+// Wy [N, D] and By [N, D2] (the bias as [N, 1]) at the same indices, whose runs are found once;
+// see sparse_adagrad_pair_kernel and csrc/sparse_adagrad.cpp.
 void sparse_adagrad_pair_cuda(at::Tensor& param, at::Tensor& acc, at::Tensor& mom, at::Tensor& param2,
                               at::Tensor& acc2, at::Tensor& mom2, const at::Tensor& indices, const at::Tensor& rows,
                               const at::Tensor& rows2, double lr, double momentum, double eps) {
   check_sparse_adagrad_pair_args(param, acc, mom, param2, acc2, mom2, indices, rows, rows2, lr, momentum, eps);
-  const int64_t M = indices.size(0), M2 = rows2.size(0), D = param.size(1), D2 = param2.size(1);
-  if (M == 0 || D + D2 == 0) return;
-  const DeviceGuard guard(param.device());
-  const auto [keys, perm] = run_keys(indices);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, param.scalar_type(), "sparse_adagrad_pair_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    launch_kernel(&sparse_adagrad_pair_kernel<scalar_t, acc_t>, static_cast<unsigned int>(M), row_threads(D + D2),
-                  param.data_ptr<scalar_t>(), acc.data_ptr<acc_t>(), momentum > 0 ? mom.data_ptr<acc_t>() : nullptr,
-                  param2.data_ptr<scalar_t>(), acc2.data_ptr<acc_t>(),
-                  momentum > 0 ? mom2.data_ptr<acc_t>() : nullptr, keys.data_ptr<int64_t>(),
-                  perm.defined() ? perm.data_ptr<int64_t>() : nullptr, rows.data_ptr<scalar_t>(), rows2.data_ptr<scalar_t>(), param.size(0), M,
-                  M2, D, D2, param.stride(0), param.stride(1), param2.stride(0), param2.stride(1),
-                  static_cast<acc_t>(lr), static_cast<acc_t>(momentum), static_cast<acc_t>(eps));
-  });
+  launch_sparse_adagrad(param, acc, mom, param2, acc2, mom2, indices, rows, rows2, lr, momentum, eps);
 }
 
 // One launch per run of up to kDenseAdagradMax consecutive tensors of one dtype (the GRU weights
