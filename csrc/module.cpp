@@ -2,7 +2,13 @@
 // other translation units) and exposes host-side helpers through pybind11.
 #include <torch/extension.h>
 
+#include <optional>
+#include <stdexcept>
+#include <string>
+
+#include "cpu/gemm_f32.h"
 #include "cpu/thread_pool.h"
+#include "products.h"
 #include "schedule.h"
 
 namespace {
@@ -24,6 +30,41 @@ pybind11::dict build_info() {
   return info;
 }
 
+// out = (out if accumulate) + (bias if given) + a @ b through the CPU products of the ops
+// (csrc/products.h: split over the pool, each piece gemm_f32 or BLAS). For tests.
+void cpu_mm_out(at::Tensor out, const at::Tensor& a, const at::Tensor& b, bool accumulate,
+                const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(out.is_cpu() && a.is_cpu() && b.is_cpu(), "_cpu_mm_out: CPU tensors only");
+  TORCH_CHECK(out.dim() == 2 && a.dim() == 2 && b.dim() == 2 && a.size(0) == out.size(0) &&
+                  b.size(1) == out.size(1) && a.size(1) == b.size(0),
+              "_cpu_mm_out: shapes must be out [M,N], a [M,K], b [K,N]");
+  gru4rec::cpu::mm_out(out, a, b, accumulate, bias.value_or(at::Tensor()));
+}
+
+// gemm_f32 itself on one thread, whatever use_own_gemm() chose (for tests; needs AVX-512F).
+void own_gemm_out(at::Tensor out, const at::Tensor& a, const at::Tensor& b, bool accumulate,
+                  const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(gru4rec::cpu::cpu_has_avx512f(), "_own_gemm_out: this CPU has no AVX-512F");
+  TORCH_CHECK(out.scalar_type() == at::kFloat && a.scalar_type() == at::kFloat &&
+                  b.scalar_type() == at::kFloat, "_own_gemm_out: float32 only");
+  TORCH_CHECK(out.dim() == 2 && a.dim() == 2 && b.dim() == 2 && a.size(0) == out.size(0) &&
+                  b.size(1) == out.size(1) && a.size(1) == b.size(0),
+              "_own_gemm_out: shapes must be out [M,N], a [M,K], b [K,N]");
+  TORCH_CHECK(out.stride(1) == 1 && (a.stride(0) == 1 || a.stride(1) == 1) &&
+                  (b.stride(0) == 1 || b.stride(1) == 1),
+              "_own_gemm_out: out needs unit column stride, a and b one unit stride each");
+  const float* bias_ptr = nullptr;
+  if (bias) {
+    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->dim() == 1 && bias->stride(0) == 1 &&
+                    bias->size(0) == out.size(1), "_own_gemm_out: bias must be contiguous float [N]");
+    bias_ptr = bias->const_data_ptr<float>();
+  }
+  gru4rec::cpu::gemm_f32(out.size(0), out.size(1), a.size(1), a.const_data_ptr<float>(),
+                         a.stride(0), a.stride(1), b.const_data_ptr<float>(), b.stride(0),
+                         b.stride(1), out.mutable_data_ptr<float>(), out.stride(0), bias_ptr,
+                         accumulate);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -32,5 +73,23 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_num_threads", &gru4rec::cpu::set_pool_threads, pybind11::arg("n"),
         "Threads the CPU kernels use, the caller included (their own pool; see csrc/cpu/thread_pool.h)");
   m.def("get_num_threads", &gru4rec::cpu::pool_threads, "Threads the CPU kernels use");
+  m.def("cpu_gemm", [] { return gru4rec::cpu::use_own_gemm() ? "avx512" : "blas"; },
+        "Which float32 matrix product the CPU kernels use: 'avx512' (our own, csrc/cpu/"
+        "gemm_avx512.cpp) or 'blas' (torch's; GRU4REC_GEMM=blas forces it)");
+  m.def("set_cpu_gemm", [](const std::string& name) {
+          TORCH_CHECK(name == "avx512" || name == "blas",
+                      "set_cpu_gemm: name must be 'avx512' or 'blas', got '", name, "'");
+          try {
+            gru4rec::cpu::set_own_gemm(name == "avx512");
+          } catch (const std::invalid_argument& e) {
+            TORCH_CHECK(false, "set_cpu_gemm('avx512'): ", e.what());
+          }
+        }, pybind11::arg("name"), "Chooses the CPU kernels' float32 matrix product for this process");
+  m.def("_cpu_mm_out", &cpu_mm_out, pybind11::arg("out"), pybind11::arg("a"), pybind11::arg("b"),
+        pybind11::arg("accumulate") = false, pybind11::arg("bias") = std::nullopt,
+        "The CPU kernels' matrix product into out (for tests)");
+  m.def("_own_gemm_out", &own_gemm_out, pybind11::arg("out"), pybind11::arg("a"),
+        pybind11::arg("b"), pybind11::arg("accumulate") = false,
+        pybind11::arg("bias") = std::nullopt, "gemm_f32 on one thread (for tests; AVX-512F)");
   gru4rec::bind_schedule(m);
 }

@@ -78,3 +78,20 @@ def set_num_threads(n: int) -> None:
 def get_num_threads() -> int:
     """Threads the compiled CPU kernels use (default: torch's intra-op thread count when first asked)."""
     return int(_C.get_num_threads()) if _C is not None else 1
+
+
+def cpu_gemm() -> str:
+    """The float32 matrix product of the compiled CPU kernels: "avx512" (the package's own, taken
+    on AVX-512 CPUs other than Intel's, where torch's MKL runs AVX2 code) or "blas" (torch's;
+    GRU4REC_GEMM=blas in the environment forces it, GRU4REC_GEMM=own forces ours on any AVX-512
+    CPU). "none" when the extension is not built."""
+    return str(_C.cpu_gemm()) if _C is not None else "none"
+
+
+def set_cpu_gemm(name: str) -> None:
+    """Chooses the compiled CPU kernels' float32 matrix product for this process: "avx512" (ours;
+    raises on a CPU without AVX-512F) or "blas" (torch's). For side-by-side benchmarks and tests;
+    the default (see cpu_gemm) is what a CPU should use."""
+    if _C is None:
+        raise RuntimeError(f"set_cpu_gemm: the extension is not built ({_IMPORT_ERROR})")
+    _C.set_cpu_gemm(name)

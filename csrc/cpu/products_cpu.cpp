@@ -1,6 +1,7 @@
 // CPU matrix products split over the package's worker threads (see csrc/products.h).
 #include <ATen/ATen.h>
 
+#include "cpu/gemm_f32.h"
 #include "cpu/thread_pool.h"
 #include "products.h"
 
@@ -13,7 +14,24 @@ constexpr int64_t kMinParallelMacs = 1 << 18;
 // Pieces hold whole groups of this many rows or columns (SIMD- and cache-friendly edges).
 constexpr int64_t kAlign = 16;
 
+// Whether gemm_f32 takes this product: float32 throughout, one unit stride in each operand, and
+// out's columns contiguous.
+bool own_gemm_takes(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const at::Tensor& bias) {
+  if (out.scalar_type() != at::kFloat || a.scalar_type() != at::kFloat || b.scalar_type() != at::kFloat) return false;
+  if (bias.defined() && (bias.scalar_type() != at::kFloat || bias.dim() != 1 || bias.stride(0) != 1)) return false;
+  if (out.stride(1) != 1 && out.size(1) > 1) return false;
+  if (a.stride(1) != 1 && a.stride(0) != 1) return false;
+  if (b.stride(1) != 1 && b.stride(0) != 1) return false;
+  return use_own_gemm();
+}
+
 void piece(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate, const at::Tensor& bias) {
+  if (out.numel() > 0 && own_gemm_takes(out, a, b, bias)) {
+    gemm_f32(out.size(0), out.size(1), a.size(1), a.const_data_ptr<float>(), a.stride(0), a.stride(1),
+             b.const_data_ptr<float>(), b.stride(0), b.stride(1), out.mutable_data_ptr<float>(),
+             out.stride(0), bias.defined() ? bias.const_data_ptr<float>() : nullptr, accumulate);
+    return;
+  }
   if (bias.defined()) {
     at::addmm_out(out, bias, a, b);
   } else if (accumulate) {
