@@ -9,7 +9,9 @@ For each preset, in one run and on the same data, from the same initial weights:
     busy (`--load loop`: one Python busy loop; `--load train`: a second 2-thread training of the same
     preset);
   * `products`: the step's matrix products alone (the GRU's and the output layer's, same shapes, one
-    thread, torch.mm), i.e. the time no implementation can avoid at that thread count.
+    thread) as the kernels run them (the package's own AVX-512 product where it is chosen, see
+    gru4rec_ext._extension.cpu_gemm), i.e. the time the step cannot go below; torch.mm's time for
+    the same products is reported beside it.
 Reports events/s (training pairs per second), events per CPU-second, and the ratios the issue asks
 for: 2 threads / 1 thread (quiet), default-with-load / 1 thread (quiet and loaded), and the 1-thread
 step over its products. Writes benchmarks/results/<machine>/bench_threads.json and a plot.
@@ -131,9 +133,13 @@ def mean_unique_candidates(trainer, steps=50) -> float:
     return statistics.mean(counts)
 
 
-def products_seconds(cfg, U: int, repeat: int) -> float:
-    """One step's matrix products (shared-embedding cudnn GRU layers + output layer), 1 thread."""
+def products_seconds(cfg, U: int, repeat: int, blas: bool = False) -> float:
+    """One step's matrix products (shared-embedding cudnn GRU layers + output layer), 1 thread:
+    as the kernels run them (the package's CPU product, csrc/products.h), or torch.mm's (blas)."""
     torch.set_num_threads(1)
+    pool_before = _extension.get_num_threads()
+    _extension.set_num_threads(1)
+    product = (lambda o, a, b: torch.mm(a, b, out=o)) if blas else _extension._C._cpu_mm_out
     B, Hs = cfg["batch_size"], cfg["layers"]
     g = torch.Generator().manual_seed(0)
     pairs = []
@@ -150,7 +156,7 @@ def products_seconds(cfg, U: int, repeat: int) -> float:
 
     def run():
         for (a, b), o in zip(pairs, outs):
-            torch.mm(a, b, out=o)
+            product(o, a, b)
 
     for _ in range(5):
         run()
@@ -160,6 +166,7 @@ def products_seconds(cfg, U: int, repeat: int) -> float:
         for _ in range(20):
             run()
         times.append((time.perf_counter() - t0) / 20)
+    _extension.set_num_threads(pool_before)
     return statistics.median(times)
 
 
@@ -197,10 +204,12 @@ def main(argv=None):
         med = {k: {f: statistics.median(x[f] for x in v) for f in ("events_per_s", "events_per_cpu_s")}
                for k, v in runs.items()}
         prod = products_seconds(cfg, U, max(5, args.repeat * 3))
+        prod_blas = products_seconds(cfg, U, max(5, args.repeat * 3), blas=True)
         one = med["pool-1/quiet"]["events_per_s"]
         step_1t = cfg["batch_size"] / one
         res = {"config": cfg, "data": DATA[preset], "steps": steps, "unique_candidates": U, "runs": runs,
-               "median": med, "products_seconds_1t": prod, "step_seconds_1t": step_1t,
+               "median": med, "products_seconds_1t": prod, "products_blas_seconds_1t": prod_blas,
+               "cpu_gemm": _extension.cpu_gemm(), "step_seconds_1t": step_1t,
                "step_over_products_1t": step_1t / prod,
                "quiet_2t_over_1t": med["pool-2/quiet"]["events_per_s"] / one,
                "loaded_default_over_1t_quiet": med["pool-2/" + args.load]["events_per_s"] / one,
@@ -214,8 +223,9 @@ def main(argv=None):
         lines.append(f"  {'setting':<22} {'ev/s':>9} {'ev/cpu-s':>9}")
         for k in runs:
             lines.append(f"  {k:<22} {med[k]['events_per_s']:>9,.0f} {med[k]['events_per_cpu_s']:>9,.0f}")
-        lines.append(f"  products alone, 1 thread: {prod * 1e3:.3f} ms/step; the 1-thread step "
-                     f"{step_1t * 1e3:.3f} ms = {res['step_over_products_1t']:.2f}x its products")
+        lines.append(f"  products alone, 1 thread ({_extension.cpu_gemm()}): {prod * 1e3:.3f} ms/step "
+                     f"(torch.mm: {prod_blas * 1e3:.3f}); the 1-thread step {step_1t * 1e3:.3f} ms = "
+                     f"{res['step_over_products_1t']:.2f}x its products")
         lines.append(f"  quiet 2 threads / 1 thread: {res['quiet_2t_over_1t']:.2f}x; with load ({args.load}): "
                      f"default / 1 thread loaded {res['loaded_default_over_1t_loaded']:.2f}x, "
                      f"default loaded / 1 thread quiet {res['loaded_default_over_1t_quiet']:.2f}x, "

@@ -8,6 +8,8 @@ time), which is far less sensitive to other jobs on a shared machine (exact with
 
     PYTHONPATH=. python benchmarks/bench_train.py                 # rsc15_100k, rsc15 preset, 1500 steps
     PYTHONPATH=. python benchmarks/bench_train.py --threads 1 --steps 800 --repeat 3
+    PYTHONPATH=. python benchmarks/bench_train.py --backends kernels kernels-blas reference
+                                                  # our CPU products against torch's BLAS as well
 
 With `--device cuda` it compares the CUDA step run eagerly against its CUDA graph instead, at the
 rsc15 and retailrocket presets, with kernel launches per step; `--meta` times the host side of the
@@ -32,6 +34,7 @@ import torch  # noqa: E402
 import bench_train_cuda  # noqa: E402
 import common  # noqa: E402  (benchmarks/common.py: machine description, results folder)
 
+from gru4rec_ext import _extension  # noqa: E402
 from gru4rec_ext.cli import MODEL_KEYS, resolve_config  # noqa: E402
 from gru4rec_ext.data import SessionData  # noqa: E402
 from gru4rec_ext.evaluate import evaluate  # noqa: E402
@@ -43,6 +46,15 @@ REFERENCE_CPU_EVENTS_PER_S = {"rsc15": 11_000, "diginetica": 5_100}
 
 
 def run_backend(backend, cfg, train_data, test_data, args, device):
+    """One timed training (and evaluation) of `backend`: "kernels", "reference", or "kernels-blas"
+    (the kernels with torch's BLAS for the CPU products instead of the package's own)."""
+    if backend == "kernels-blas":
+        before = _extension.cpu_gemm()
+        _extension.set_cpu_gemm("blas")
+        try:
+            return run_backend("kernels", cfg, train_data, test_data, args, device)
+        finally:
+            _extension.set_cpu_gemm(before)
     torch.manual_seed(args.seed)
     model = GRU4Rec(train_data.n_items, **{**{k: cfg[k] for k in MODEL_KEYS}, "backend": backend})
     trainer = Trainer(model, train_data, n_epochs=1, batch_size=cfg["batch_size"], n_sample=cfg["n_sample"],
@@ -81,7 +93,9 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--eval-batch-size", type=int, default=512)
-    p.add_argument("--backends", nargs="+", default=["kernels", "reference"])
+    p.add_argument("--backends", nargs="+", default=["kernels", "reference"],
+                   choices=["kernels", "reference", "kernels-blas"],
+                   help="kernels-blas: the kernels with torch's BLAS products instead of ours (CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-fused-step", action="store_true",
                    help="kernels: run the step as the Python sequence of ops, not one gru4rec::train_step_ call")
@@ -121,12 +135,12 @@ def main(argv=None):
     def fmt(v):
         return "-" if v is None else format(v, ",.0f")
 
-    lines = [f"{'backend':<10} {'train ev/s':>11} {'train ev/cpu-s':>15} {'eval ev/s':>11} {'eval ev/cpu-s':>14} "
+    lines = [f"{'backend':<12} {'train ev/s':>11} {'train ev/cpu-s':>15} {'eval ev/s':>11} {'eval ev/cpu-s':>14} "
              f"{'x authors CPU':>14}"]
     for b in args.backends:
         m = summary[b]
         tr = m["train_events_per_s"]
-        lines.append(f"{b:<10} {fmt(tr):>11} {fmt(m['train_events_per_cpu_s']):>15} {fmt(m.get('eval_events_per_s')):>11} "
+        lines.append(f"{b:<12} {fmt(tr):>11} {fmt(m['train_events_per_cpu_s']):>15} {fmt(m.get('eval_events_per_s')):>11} "
                      f"{fmt(m.get('eval_events_per_cpu_s')):>14} {(tr / ref_cpu) if ref_cpu else float('nan'):>14.2f}")
     if {"kernels", "reference"} <= set(args.backends):
         ratio = summary["kernels"]["train_events_per_s"] / summary["reference"]["train_events_per_s"]
@@ -135,6 +149,12 @@ def main(argv=None):
         result["train_cpu_speedup_kernels_vs_reference"] = cpu_ratio
         lines.append(f"training speed-up kernels/reference: {ratio:.2f}x wall, {cpu_ratio:.2f}x CPU time; authors' "
                      f"CPU figure (REFERENCE.md): {ref_cpu:,} events/s")
+    if {"kernels", "kernels-blas"} <= set(args.backends):
+        ratio = summary["kernels"]["train_events_per_s"] / summary["kernels-blas"]["train_events_per_s"]
+        cpu_ratio = summary["kernels"]["train_events_per_cpu_s"] / summary["kernels-blas"]["train_events_per_cpu_s"]
+        result["train_speedup_own_products_vs_blas"] = ratio
+        lines.append(f"training speed-up of the package's CPU products ({_extension.cpu_gemm()}) over torch's "
+                     f"BLAS: {ratio:.2f}x wall, {cpu_ratio:.2f}x CPU time")
     out_dir = args.out or common.results_dir(device)
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "bench_train.json")

@@ -62,6 +62,7 @@ def machine_info(device: torch.device) -> dict:
         "commit": git_commit(),
         "device": str(device),
         "extension": ext.build_info(),
+        "cpu_gemm": ext.cpu_gemm(),  # the CPU kernels' float32 matrix product: avx512 (ours) or blas
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     }
     if device.type == "cuda":

@@ -11,8 +11,10 @@ namespace {
 
 // Below about this many multiply-adds a product runs in one piece: splitting costs more than it saves.
 constexpr int64_t kMinParallelMacs = 1 << 18;
-// Pieces hold whole groups of this many rows or columns (SIMD- and cache-friendly edges).
+// Pieces hold whole groups of this many rows or columns (SIMD- and cache-friendly edges); a
+// column split for gemm_f32 keeps its 48-column panels whole.
 constexpr int64_t kAlign = 16;
+constexpr int64_t kAlignOwnColumns = 48;
 
 // Whether gemm_f32 takes this product: float32 throughout, one unit stride in each operand, and
 // out's columns contiguous.
@@ -53,10 +55,11 @@ void mm_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accu
   // Split the longer side into aligned groups; each thread claims groups (thread_pool.h).
   const bool by_rows = M >= N;
   const int64_t len = by_rows ? M : N;
-  const int64_t groups = (len + kAlign - 1) / kAlign;
+  const int64_t align = !by_rows && own_gemm_takes(out, a, b, bias) ? kAlignOwnColumns : kAlign;
+  const int64_t groups = (len + align - 1) / align;
   const int64_t grain = std::max<int64_t>(1, groups / (2 * threads));
   parallel_for(groups, grain, [&](int64_t g0, int64_t g1) {
-    const int64_t begin = g0 * kAlign, size = std::min(len, g1 * kAlign) - begin;
+    const int64_t begin = g0 * align, size = std::min(len, g1 * align) - begin;
     at::Tensor o = out.narrow(by_rows ? 0 : 1, begin, size);
     if (by_rows) {
       piece(o, a.narrow(0, begin, size), b, accumulate, bias);
