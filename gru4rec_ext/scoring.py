@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import _extension
+
 ACTIVATIONS = ("linear", "tanh", "elu")
 TIE_MODES = ("standard", "conservative", "median")
 DEFAULT_MEMORY_BUDGET = 256 * 2 ** 20  # bytes of score chunk (plus comparison temporaries)
@@ -54,9 +56,23 @@ def _activate(scores: torch.Tensor, activation: str, elu_alpha: float) -> torch.
     return scores
 
 
+def _addmm(bias: torch.Tensor, hidden: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
+    """bias + hidden @ weight_t. Float32 on the CPU, without autograd, it runs the kernels' own
+    product where the extension chose it (`_extension.cpu_gemm() == "avx512"`: about twice torch's
+    BLAS on AMD CPUs), split over the kernels' threads; elsewhere torch.addmm."""
+    if (hidden.device.type == "cpu" and hidden.dtype == torch.float32 == weight_t.dtype == bias.dtype
+            and not (torch.is_grad_enabled() and (hidden.requires_grad or weight_t.requires_grad
+                                                  or bias.requires_grad))
+            and _extension.cpu_gemm() == "avx512"):
+        out = torch.empty(hidden.shape[0], weight_t.shape[1], dtype=hidden.dtype)
+        _extension._C._cpu_mm_out(out, hidden, weight_t, False, bias)
+        return out
+    return torch.addmm(bias, hidden, weight_t)
+
+
 def _chunk_scores(hidden, weight, bias, start, stop, activation, elu_alpha):
     """[B, stop-start] scores of items start..stop-1."""
-    chunk = torch.addmm(bias[start:stop], hidden, weight[start:stop].t())
+    chunk = _addmm(bias[start:stop], hidden, weight[start:stop].t())
     return _activate(chunk, activation, elu_alpha)
 
 
