@@ -18,6 +18,13 @@ inline bool cpu_has_avx2() {
   static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return has;
 }
+// 16-lane twins of AVX2 loops: the AVX2+FMA target plus AVX-512F, so that the compiler treats
+// their multiplies and adds as it treats the AVX2 build's (the same results bit for bit).
+#define GRU4REC_TARGET_AVX512 __attribute__((target("avx2,fma,avx512f")))
+inline bool cpu_has_avx512() {
+  static const bool has = cpu_has_avx2() && __builtin_cpu_supports("avx512f");
+  return has;
+}
 #else
 #define GRU4REC_HAS_AVX2_BUILD 0
 #define GRU4REC_ROWS_INLINE
@@ -25,6 +32,8 @@ inline bool cpu_has_avx2() {
 template <class F>
 void run_avx2(const F& f, int64_t b0, int64_t b1) { f(b0, b1); }
 inline bool cpu_has_avx2() { return false; }
+#define GRU4REC_TARGET_AVX512
+inline bool cpu_has_avx512() { return false; }
 #endif
 
 template <class F>
