@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "cpu/activation_cpu.h"
 #include "cpu/gemm_f32.h"
 #include "cpu/thread_pool.h"
 #include "products.h"
@@ -65,6 +66,47 @@ void own_gemm_out(at::Tensor out, const at::Tensor& a, const at::Tensor& b, bool
                          accumulate);
 }
 
+// out[b] = bias[idx[b]] + hidden[b] . weight[idx[b]] for float32 CPU tensors, each element one
+// gemm_f32 call of 1x1: the same chain of multiply-adds, so the same bits, as element (b, idx[b])
+// of the whole [B, N] product that gemm_f32 computes (evaluation reads the targets' scores so).
+at::Tensor own_gemm_rows(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& bias,
+                         const at::Tensor& idx) {
+  TORCH_CHECK(gru4rec::cpu::cpu_has_avx512f(), "_own_gemm_rows: this CPU has no AVX-512F");
+  TORCH_CHECK(hidden.is_cpu() && hidden.scalar_type() == at::kFloat && hidden.dim() == 2 &&
+                  weight.scalar_type() == at::kFloat && weight.dim() == 2 &&
+                  bias.scalar_type() == at::kFloat && bias.dim() == 1 &&
+                  idx.scalar_type() == at::kLong && idx.dim() == 1 &&
+                  idx.size(0) == hidden.size(0) && weight.size(1) == hidden.size(1) &&
+                  bias.size(0) == weight.size(0),
+              "_own_gemm_rows: hidden [B,H], weight [N,H], bias [N] float32, idx int64 [B]");
+  const at::Tensor h = hidden.contiguous(), w = weight.contiguous(), bs = bias.contiguous();
+  const at::Tensor ix = idx.contiguous();
+  const int64_t B = h.size(0), H = h.size(1), N = w.size(0);
+  at::Tensor out = at::empty({B}, h.options());
+  const int64_t* id = ix.const_data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK(id[b] >= 0 && id[b] < N, "_own_gemm_rows: idx[", b, "] = ", id[b], " is out of range");
+    gru4rec::cpu::gemm_f32(1, 1, H, h.const_data_ptr<float>() + b * H, H, 1,
+                           w.const_data_ptr<float>() + id[b] * H, 1, H,
+                           out.mutable_data_ptr<float>() + b, 1, bs.const_data_ptr<float>() + id[b], false);
+  }
+  return out;
+}
+
+// In place tanh/elu (loss_math codes 1/2) of a float32 CPU score matrix [B, N] with unit column
+// stride; false when this CPU has no AVX2 (the caller then uses torch's).
+bool activate_rows(at::Tensor scores, int64_t activation, double alpha) {
+  TORCH_CHECK(scores.is_cpu() && scores.scalar_type() == at::kFloat && scores.dim() == 2 &&
+                  (scores.stride(1) == 1 || scores.size(1) <= 1),
+              "_activate_rows_: scores must be a float32 CPU matrix with unit column stride");
+  TORCH_CHECK(activation == 1 || activation == 2, "_activate_rows_: activation must be 1 (tanh) "
+              "or 2 (elu), got ", activation);
+  if (scores.numel() == 0) return true;
+  return gru4rec::cpu::activate_rows_f32(scores.mutable_data_ptr<float>(), scores.size(0),
+                                         scores.size(1), scores.stride(0), activation,
+                                         static_cast<float>(alpha));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -85,6 +127,11 @@ PYBIND11_MODULE(_C, m) {
             TORCH_CHECK(false, "set_cpu_gemm('avx512'): ", e.what());
           }
         }, pybind11::arg("name"), "Chooses the CPU kernels' float32 matrix product for this process");
+  m.def("_own_gemm_rows", &own_gemm_rows, pybind11::arg("hidden"), pybind11::arg("weight"),
+        pybind11::arg("bias"), pybind11::arg("idx"),
+        "bias[idx] + rowwise hidden . weight[idx], bit-equal to those elements of gemm_f32's product");
+  m.def("_activate_rows_", &activate_rows, pybind11::arg("scores"), pybind11::arg("activation"),
+        pybind11::arg("alpha"), "In place tanh (1) / elu (2) of float32 CPU scores; False: not done");
   m.def("_cpu_mm_out", &cpu_mm_out, pybind11::arg("out"), pybind11::arg("a"), pybind11::arg("b"),
         pybind11::arg("accumulate") = false, pybind11::arg("bias") = std::nullopt,
         "The CPU kernels' matrix product into out (for tests)");

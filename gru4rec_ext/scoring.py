@@ -48,7 +48,20 @@ def _check_operands(hidden, weight, bias) -> None:
                         f"{weight.dtype}, {bias.dtype}")
 
 
+_ACTIVATION_CODES = {"tanh": 1, "elu": 2}  # loss_math's codes (csrc/loss_math.h)
+
+
 def _activate(scores: torch.Tensor, activation: str, elu_alpha: float) -> torch.Tensor:
+    """act(scores) in place. Float32 on the CPU, without autograd, through the kernels' own vector
+    code (the loss's: every element the same code, so equal scores stay equal, and much faster
+    than torch's elu); elsewhere torch's."""
+    if activation == "linear":
+        return scores
+    if (scores.device.type == "cpu" and scores.dtype == torch.float32 and scores.dim() == 2
+            and not (torch.is_grad_enabled() and scores.requires_grad) and _extension.available()
+            and (scores.stride(1) == 1 or scores.shape[1] <= 1)
+            and _extension._C._activate_rows_(scores, _ACTIVATION_CODES[activation], float(elu_alpha))):
+        return scores
     if activation == "tanh":
         return torch.tanh_(scores)
     if activation == "elu":
@@ -123,8 +136,10 @@ def target_ranks(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     targets = targets.to(device=hidden.device, dtype=torch.int64)
     if check_ids and targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= n):
         raise ValueError(f"targets: item indices must be in [0, {n})")
-    chunk = _resolve_chunk(chunk_size, hidden, weight)
     B = hidden.shape[0]
+    if _own_products(hidden, weight, bias) and n > 0 and B > 0:
+        return _target_ranks_one_pass(hidden, weight, bias, targets, activation, elu_alpha, chunk_size)
+    chunk = _resolve_chunk(chunk_size, hidden, weight)
     bounds = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
 
     if len(bounds) == 1:
@@ -145,6 +160,41 @@ def target_ranks(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
             scores = _chunk_scores(hidden, weight, bias, start, stop, activation, elu_alpha)
             greater += (scores > t).sum(1, dtype=torch.int32)
             equal += (scores == t).sum(1, dtype=torch.int32)
+    greater = greater.to(torch.float64)
+    equal = equal.to(torch.float64)
+    return {"standard": 1.0 + greater, "conservative": greater + equal,
+            "median": 1.0 + greater + (equal - 1.0) / 2.0}
+
+
+# Columns per score block of the one-pass ranks: [B, block] floats stay in cache and in the
+# allocator's reused memory (a whole [B, N] block costs page faults on every call).
+ONE_PASS_BLOCK_BYTES = 4 * 2 ** 20
+
+
+def _own_products(hidden, weight, bias) -> bool:
+    """Whether the scores' product is the kernels' own AVX-512 one (see _addmm): then any element
+    can be recomputed alone with the same bits (gemm_f32 computes each element as one chain)."""
+    return (hidden.device.type == "cpu" and hidden.dtype == weight.dtype == bias.dtype == torch.float32
+            and not (torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad
+                                                  or bias.requires_grad))
+            and _extension.cpu_gemm() == "avx512")
+
+
+def _target_ranks_one_pass(hidden, weight, bias, targets, activation, elu_alpha, chunk_size):
+    """target_ranks in one pass over the items: the targets' scores first, each computed alone by
+    the same product code (bit-equal to its element of the score matrix) and activated by the same
+    code as the matrix, then one pass over cache-sized blocks that counts."""
+    B, n = hidden.shape[0], weight.shape[0]
+    t = _extension._C._own_gemm_rows(hidden, weight, bias, targets)[:, None]
+    t = _activate(t, activation, elu_alpha)
+    block = chunk_size if chunk_size is not None else max(48, ONE_PASS_BLOCK_BYTES // (4 * B) // 48 * 48)
+    block = _resolve_chunk(block, hidden, weight)
+    greater = torch.zeros(B, dtype=torch.int64)
+    equal = torch.zeros(B, dtype=torch.int64)
+    for start in range(0, n, block):
+        scores = _chunk_scores(hidden, weight, bias, start, min(start + block, n), activation, elu_alpha)
+        greater += (scores > t).sum(1, dtype=torch.int32)
+        equal += (scores == t).sum(1, dtype=torch.int32)
     greater = greater.to(torch.float64)
     equal = equal.to(torch.float64)
     return {"standard": 1.0 + greater, "conservative": greater + equal,

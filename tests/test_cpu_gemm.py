@@ -165,3 +165,56 @@ def test_sampled_loss_under_each_product(cpu_gemm, loss):
         results.append([value] + [t.grad for t in leaves])
     for ours, ref in zip(*results):
         assert rel_err(ours, ref) < 1e-5
+
+
+@pytest.mark.skipif(not OWN, reason="this CPU takes BLAS, not the package's own product")
+def test_rows_equal_their_elements_of_the_whole_product_bitwise(two_threads):
+    """_own_gemm_rows recomputes single elements of the score product with the same bits, which
+    evaluation's one-pass ranks rely on (the target's score read without the whole matrix)."""
+    g = torch.Generator().manual_seed(11)
+    B, N, H = 37, 1001, 100
+    hidden, weight, bias = torch.randn(B, H, generator=g), torch.randn(N, H, generator=g), torch.randn(N, generator=g)
+    idx = torch.randint(0, N, (B,), generator=g)
+    whole = torch.empty(B, N)
+    C._cpu_mm_out(whole, hidden, weight.t(), False, bias)
+    assert torch.equal(C._own_gemm_rows(hidden, weight, bias, idx), whole[torch.arange(B), idx])
+    with pytest.raises(RuntimeError, match="out of range"):
+        C._own_gemm_rows(hidden, weight, bias, torch.full((B,), N))
+
+
+@pytest.mark.skipif(C is None or not torch.backends.cpu.get_cpu_capability().startswith("AVX"),
+                    reason="needs an AVX2 CPU")
+@pytest.mark.parametrize("code", [1, 2])
+def test_activation_rows_give_equal_scores_equal_values(code):
+    """Every element goes through the same vector code, wherever it sits in a row (full vectors
+    or the padded tail): equal scores stay equal, so the ranks' ties do not depend on chunking."""
+    g = torch.Generator().manual_seed(12)
+    values = torch.randn(53, generator=g) * 4
+    rows = torch.stack([values.roll(s) for s in range(19)])   # each value at 19 positions
+    ref = values.clone()[None, :]
+    assert C._activate_rows_(rows, code, 0.5) and C._activate_rows_(ref, code, 0.5)
+    for s in range(19):
+        assert torch.equal(rows[s], ref[0].roll(s))
+    torch_act = torch.tanh(values) if code == 1 else torch.nn.functional.elu(values, alpha=0.5)
+    assert torch.allclose(ref[0], torch_act, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("activation", ["linear", "tanh", "elu"])
+@pytest.mark.parametrize("chunk_size", [None, 7, 100])
+def test_one_pass_ranks_equal_brute_force_on_float_scores(activation, chunk_size):
+    """Float scores with ties only where items are identical: the ranks (one pass on CPUs with the
+    own product, else two) equal brute force over the whole activated score matrix."""
+    from gru4rec_ext.scoring import score_items, target_ranks
+    g = torch.Generator().manual_seed(13)
+    B, N, H = 21, 700, 40
+    hidden, weight, bias = torch.randn(B, H, generator=g) * 0.2, torch.randn(N, H, generator=g), torch.randn(N, generator=g)
+    weight[11], bias[11] = weight[4], bias[4]   # (scores of about unit size: tanh does not saturate)
+    targets = torch.randint(0, N, (B,), generator=g)
+    targets[:2] = torch.tensor([4, 11])
+    scores = score_items(hidden, weight, bias, activation=activation, elu_alpha=0.7)
+    t = scores[torch.arange(B), targets][:, None]
+    gt, eq = (scores > t).sum(1).double(), (scores == t).sum(1).double()
+    got = target_ranks(hidden, weight, bias, targets, activation=activation, elu_alpha=0.7,
+                       chunk_size=chunk_size)
+    assert torch.equal(got["standard"], 1 + gt) and torch.equal(got["conservative"], gt + eq)
+    assert eq[:2].tolist() == [2.0, 2.0]

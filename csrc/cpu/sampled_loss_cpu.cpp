@@ -25,6 +25,7 @@
 #include <immintrin.h>
 #endif
 
+#include "cpu/activation_cpu.h"
 #include "cpu/cpu_isa.h"
 #include "cpu/thread_pool.h"
 #include "loss_math.h"
@@ -682,6 +683,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sampled_loss_backward_cpu(
 }
 
 }  // namespace
+
+namespace cpu {
+
+bool activate_rows_f32(float* x, int64_t rows, int64_t cols, int64_t ld, int64_t activation,
+                       float alpha) {
+#if GRU4REC_HAS_AVX2_BUILD
+  if (!cpu_has_avx2() || (activation != lm::kTanh && activation != lm::kElu)) return false;
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(cols, 1));
+  cpu::parallel_for(rows, grain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      float* row = x + r * ld;
+      int64_t j = GRU4REC_AVX512_HEAD(activate_array_avx512(row, row, cols, activation, alpha));
+      j += activate_array_avx2(row + j, row + j, cols - j, activation, alpha);
+      if (j < cols) {  // the last < 8: one padded vector, the same code as every other element
+        float pad[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        std::copy(row + j, row + cols, pad);
+        activate_array_avx2(pad, pad, 8, activation, alpha);
+        std::copy(pad, pad + (cols - j), row + j);
+      }
+    }
+  });
+  return true;
+#else
+  (void)x; (void)rows; (void)cols; (void)ld; (void)activation; (void)alpha;
+  return false;
+#endif
+}
+
+}  // namespace cpu
 }  // namespace gru4rec
 
 TORCH_LIBRARY_IMPL(gru4rec, CPU, m) {
