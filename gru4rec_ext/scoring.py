@@ -175,6 +175,7 @@ def _own_products(hidden, weight, bias) -> bool:
     """Whether the scores' product is the kernels' own AVX-512 one (see _addmm): then any element
     can be recomputed alone with the same bits (gemm_f32 computes each element as one chain)."""
     return (hidden.device.type == "cpu" and hidden.dtype == weight.dtype == bias.dtype == torch.float32
+            and hidden.is_contiguous() and weight.is_contiguous() and bias.is_contiguous()
             and not (torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad
                                                   or bias.requires_grad))
             and _extension.cpu_gemm() == "avx512")
