@@ -154,16 +154,28 @@ def target_ranks(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
             inside = (targets >= start) & (targets < stop)
             local = (targets - start).clamp(0, stop - start - 1)
             t = torch.where(inside[:, None], scores.gather(1, local[:, None]), t)
-        greater = torch.zeros(B, dtype=torch.int64, device=hidden.device)
-        equal = torch.zeros(B, dtype=torch.int64, device=hidden.device)
-        for start, stop in bounds:  # pass 2: count
-            scores = _chunk_scores(hidden, weight, bias, start, stop, activation, elu_alpha)
-            greater += (scores > t).sum(1, dtype=torch.int32)
-            equal += (scores == t).sum(1, dtype=torch.int32)
+        return _counted_ranks(hidden, weight, bias, t, bounds, activation, elu_alpha)  # pass 2
+    return _ranks(greater, equal)
+
+
+def _ranks(greater: torch.Tensor, equal: torch.Tensor) -> dict:
+    """The three tie modes' ranks from #(s > t) and #(s == t)."""
     greater = greater.to(torch.float64)
     equal = equal.to(torch.float64)
     return {"standard": 1.0 + greater, "conservative": greater + equal,
             "median": 1.0 + greater + (equal - 1.0) / 2.0}
+
+
+def _counted_ranks(hidden, weight, bias, t, bounds, activation, elu_alpha) -> dict:
+    """Ranks from the targets' scores t [B, 1] and one counting pass over the item blocks."""
+    B = hidden.shape[0]
+    greater = torch.zeros(B, dtype=torch.int64, device=hidden.device)
+    equal = torch.zeros(B, dtype=torch.int64, device=hidden.device)
+    for start, stop in bounds:
+        scores = _chunk_scores(hidden, weight, bias, start, stop, activation, elu_alpha)
+        greater += (scores > t).sum(1, dtype=torch.int32)
+        equal += (scores == t).sum(1, dtype=torch.int32)
+    return _ranks(greater, equal)
 
 
 # Columns per score block of the one-pass ranks: [B, block] floats stay in cache and in the
@@ -190,16 +202,8 @@ def _target_ranks_one_pass(hidden, weight, bias, targets, activation, elu_alpha,
     t = _activate(t, activation, elu_alpha)
     block = chunk_size if chunk_size is not None else max(48, ONE_PASS_BLOCK_BYTES // (4 * B) // 48 * 48)
     block = _resolve_chunk(block, hidden, weight)
-    greater = torch.zeros(B, dtype=torch.int64)
-    equal = torch.zeros(B, dtype=torch.int64)
-    for start in range(0, n, block):
-        scores = _chunk_scores(hidden, weight, bias, start, min(start + block, n), activation, elu_alpha)
-        greater += (scores > t).sum(1, dtype=torch.int32)
-        equal += (scores == t).sum(1, dtype=torch.int32)
-    greater = greater.to(torch.float64)
-    equal = equal.to(torch.float64)
-    return {"standard": 1.0 + greater, "conservative": greater + equal,
-            "median": 1.0 + greater + (equal - 1.0) / 2.0}
+    bounds = [(s, min(s + block, n)) for s in range(0, n, block)]
+    return _counted_ranks(hidden, weight, bias, t, bounds, activation, elu_alpha)
 
 
 @torch.no_grad()

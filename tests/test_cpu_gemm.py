@@ -201,9 +201,10 @@ def test_activation_rows_give_equal_scores_equal_values(code):
 
 @pytest.mark.parametrize("activation", ["linear", "tanh", "elu"])
 @pytest.mark.parametrize("chunk_size", [None, 7, 100])
-def test_one_pass_ranks_equal_brute_force_on_float_scores(activation, chunk_size):
-    """Float scores with ties only where items are identical: the ranks (one pass on CPUs with the
-    own product, else two) equal brute force over the whole activated score matrix."""
+def test_ranks_equal_brute_force_on_float_scores(cpu_gemm, activation, chunk_size):
+    """Float scores with ties only where items are identical: the ranks (one pass with the own
+    product, two passes over the blocks with BLAS's) equal brute force over the whole activated
+    score matrix."""
     from gru4rec_ext.scoring import score_items, target_ranks
     g = torch.Generator().manual_seed(13)
     B, N, H = 21, 700, 40
