@@ -51,14 +51,19 @@ def _check_operands(hidden, weight, bias) -> None:
 _ACTIVATION_CODES = {"tanh": 1, "elu": 2}  # loss_math's codes (csrc/loss_math.h)
 
 
+def _cpu_float32_no_grad(*tensors: torch.Tensor) -> bool:
+    """CPU float32 tensors that autograd does not track: what the compiled CPU helpers take."""
+    return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
+
+
 def _activate(scores: torch.Tensor, activation: str, elu_alpha: float) -> torch.Tensor:
     """act(scores) in place. Float32 on the CPU, without autograd, through the kernels' own vector
     code (the loss's: every element the same code, so equal scores stay equal, and much faster
     than torch's elu); elsewhere torch's."""
     if activation == "linear":
         return scores
-    if (scores.device.type == "cpu" and scores.dtype == torch.float32 and scores.dim() == 2
-            and not (torch.is_grad_enabled() and scores.requires_grad) and _extension.available()
+    if (_cpu_float32_no_grad(scores) and scores.dim() == 2 and _extension.available()
             and (scores.stride(1) == 1 or scores.shape[1] <= 1)
             and _extension._C._activate_rows_(scores, _ACTIVATION_CODES[activation], float(elu_alpha))):
         return scores
@@ -73,10 +78,7 @@ def _addmm(bias: torch.Tensor, hidden: torch.Tensor, weight_t: torch.Tensor) -> 
     """bias + hidden @ weight_t. Float32 on the CPU, without autograd, it runs the kernels' own
     product where the extension chose it (`_extension.cpu_gemm() == "avx512"`: about twice torch's
     BLAS on AMD CPUs), split over the kernels' threads; elsewhere torch.addmm."""
-    if (hidden.device.type == "cpu" and hidden.dtype == torch.float32 == weight_t.dtype == bias.dtype
-            and not (torch.is_grad_enabled() and (hidden.requires_grad or weight_t.requires_grad
-                                                  or bias.requires_grad))
-            and _extension.cpu_gemm() == "avx512"):
+    if _cpu_float32_no_grad(hidden, weight_t, bias) and _extension.cpu_gemm() == "avx512":
         out = torch.empty(hidden.shape[0], weight_t.shape[1], dtype=hidden.dtype)
         _extension._C._cpu_mm_out(out, hidden, weight_t, False, bias)
         return out
@@ -186,10 +188,8 @@ ONE_PASS_BLOCK_BYTES = 4 * 2 ** 20
 def _own_products(hidden, weight, bias) -> bool:
     """Whether the scores' product is the kernels' own AVX-512 one (see _addmm): then any element
     can be recomputed alone with the same bits (gemm_f32 computes each element as one chain)."""
-    return (hidden.device.type == "cpu" and hidden.dtype == weight.dtype == bias.dtype == torch.float32
+    return (_cpu_float32_no_grad(hidden, weight, bias)
             and hidden.is_contiguous() and weight.is_contiguous() and bias.is_contiguous()
-            and not (torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad
-                                                  or bias.requires_grad))
             and _extension.cpu_gemm() == "avx512")
 
 

@@ -13,6 +13,8 @@
 #include <utility>
 #include <vector>
 
+#include "cpu/cpu_isa.h"
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define GRU4REC_GEMM_AVX512 1
@@ -29,8 +31,6 @@ namespace cpu {
 #if GRU4REC_GEMM_AVX512
 
 namespace {
-
-#define GRU4REC_TARGET_AVX512 __attribute__((target("avx512f")))
 
 constexpr int kMR = 8;            // rows of a micro tile
 constexpr int kNV = 3;            // 16-float vectors per micro tile row
@@ -155,10 +155,7 @@ bool decide_own_gemm() {
 
 }  // namespace
 
-bool cpu_has_avx512f() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f");
-}
+bool cpu_has_avx512f() { return cpu_has_avx512(); }
 
 namespace {
 std::atomic<int> own_gemm_choice{-1};  // -1: not decided yet; 0: BLAS; 1: gemm_f32
