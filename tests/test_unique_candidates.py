@@ -63,6 +63,33 @@ def test_unique_candidates_equal_per_column(loss, activation, mask, dtype):
     assert rel_err(gb1, dense_b0[cand1]) < tol
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_columns_unreferenced_candidate_and_dtypes(dtype):
+    """A gathered candidate that no column scores gets zero gradients and changes nothing else;
+    bfloat16 rows go through the same column plan as float."""
+    inputs = make_inputs(9, 40, 8, 30, device="cpu", dtype=dtype, seed=11)
+    cands, cols = unique_ids(torch.cat((inputs["targets"], inputs["samples"])), 30)
+    unused = int(next(i for i in range(30) if i not in set(cands.tolist())))
+    h, w, b = inputs["hidden"], inputs["weight"], inputs["bias"]
+    for loss, activation in ((2, 2), (4, 1), (1, 0)):
+        def run(c):
+            args = (h, w, b, c, None, inputs["valid"], loss, activation, 0.5, 0.3, 0.0, True, cols)
+            value, ws = torch.ops.gru4rec.sampled_loss_forward(*args)
+            grads = torch.ops.gru4rec.sampled_loss_backward(torch.tensor(1.0, dtype=dtype), *args[:12], ws, cols)
+            return value, grads
+        v0, (gh0, gw0, gb0) = run(cands)
+        v1, (gh1, gw1, gb1) = run(torch.cat((cands, torch.tensor([unused]))))
+        assert gw1.shape[0] == cands.numel() + 1
+        assert torch.count_nonzero(gw1[-1]) == 0 and float(gb1[-1]) == 0.0
+        tol = 1e-2 if dtype == torch.bfloat16 else 1e-6
+        assert rel_err(v1, v0) < tol and rel_err(gh1, gh0) < tol
+        assert rel_err(gw1[:-1], gw0) < tol and rel_err(gb1[:-1], gb0) < tol
+        # against the per-column path, summed per item
+        ref_v, ref_ws = torch.ops.gru4rec.sampled_loss_forward(h, w, b, cands[cols], None, inputs["valid"], loss,
+                                                               activation, 0.5, 0.3, 0.0, True, None)
+        assert rel_err(v0, ref_v) < tol
+
+
 def test_columns_opcheck():
     inputs = make_inputs(6, 10, 4, 8, device="cpu", seed=6)
     cands, cols = unique_ids(torch.cat((inputs["targets"], inputs["samples"])), 8)

@@ -536,10 +536,27 @@ void row_pass_cpu(scalar_t* S, const int64_t* cols, const int64_t* cand, const s
   for (int64_t b = 0; valid && b < B; ++b) all_valid = all_valid && valid[b];
   // Otherwise every column but the row's own is a negative (cross-entropy then skips the selects).
   const bool need_nm = p.loss != lm::kCrossEntropy || p.mask_hits || !all_valid;
+  // What every row shares, built once per call so that the per-row loops are branch-free:
+  // each column's item (a row's accidental hits are the columns of its target item), 1 for a
+  // column that can be a negative at all (0: an invalid row's target column), and with cols the
+  // scatter plan of dL/dS: each gathered row's first column, whose value is written (C: none,
+  // the row is 0), and the later columns of a repeated item, added to it in column order.
+  std::vector<int64_t> item(C), first(cols ? U : 0, C), repeats;
+  std::vector<acc_t> present(C, acc_t(1));
+  for (int64_t j = 0; j < C; ++j) item[j] = cand[cols ? cols[j] : j];
+  for (int64_t j = 0; j < std::min(B, C) && !all_valid; ++j) present[j] = valid[j] ? acc_t(1) : acc_t(0);
+  for (int64_t j = 0; cols && j < C; ++j) {
+    if (first[cols[j]] == C) {
+      first[cols[j]] = j;
+    } else {
+      repeats.push_back(j);
+    }
+  }
   cpu::parallel_for(B, grain, [&](int64_t begin, int64_t end) {
     RowScratch<acc_t> s(C);
+    // ds has one more element, a 0, for the gathered rows that no column scores.
     std::vector<acc_t> r(C), g(C), nm(C), shift(log_q ? C : 0), xs(gather ? C : 0),
-        ds(gather ? C : 0), du(cols && !kSame ? U : 0);
+        ds(gather ? C + 1 : 0, acc_t(0)), du(cols && !kSame ? U : 0);
     if (log_q)
       for (int64_t j = 0; j < C; ++j) shift[j] = p.logq * acc_t(log_q[j]);
     // The rows [b0, b1), compiled for the baseline ISA and for AVX2+FMA (run_best picks one).
@@ -567,14 +584,20 @@ void row_pass_cpu(scalar_t* S, const int64_t* cols, const int64_t* cand, const s
         activate_array(x, r.data(), C, p.activation, p.elu_alpha);
       }
       if (need_nm) {
-        ns = 0;
-        for (int64_t j = 0; j < C; ++j) {
-          // An invalid row (epoch tail) is absent: its target column is nobody's negative.
-          const bool is_neg = j != b && !(j < B && !all_valid && !valid[j]) &&
-                              !(p.mask_hits && cand[cols ? cols[j] : j] == target);
-          nm[j] = is_neg ? acc_t(1) : acc_t(0);
-          ns += is_neg;
+        // Negatives: every present column but the row's own (column b) and, with mask_hits,
+        // the other columns of its target item. An invalid row (epoch tail) is absent: its
+        // target column is nobody's negative.
+        const acc_t* __restrict__ pres = present.data();
+        const int64_t* __restrict__ it = item.data();
+        acc_t* __restrict__ m = nm.data();
+        if (p.mask_hits) {
+          for (int64_t j = 0; j < C; ++j) m[j] = it[j] == target ? acc_t(0) : pres[j];
+        } else {
+          std::copy(pres, pres + C, m);
         }
+        m[b] = acc_t(0);
+        ns = 0;
+        for (int64_t j = 0; j < C; ++j) ns += m[j] != acc_t(0);
       }
       acc_t loss = 0;
       if (!row_loss_grad<kLoss, acc_t>(r.data(), nm.data(), !need_nm, C, b, ns,
@@ -605,12 +628,16 @@ void row_pass_cpu(scalar_t* S, const int64_t* cols, const int64_t* cand, const s
         }
       }
       if (cols) {
+        // Per gathered row: 0 + its columns' values in column order (the + 0 keeps a -0 sum +0).
+        acc_t* sum = nullptr;
         if constexpr (kSame) {
-          std::fill(row, row + U, scalar_t(0));
-          for (int64_t j = 0; j < C; ++j) row[cols[j]] += ds[j];
+          sum = row;
         } else {
-          std::fill(du.begin(), du.end(), acc_t(0));
-          for (int64_t j = 0; j < C; ++j) du[cols[j]] += ds[j];
+          sum = du.data();
+        }
+        for (int64_t u = 0; u < U; ++u) sum[u] = acc_t(0) + ds[first[u]];
+        for (const int64_t j : repeats) sum[cols[j]] += ds[j];
+        if constexpr (!kSame) {
           for (int64_t u = 0; u < U; ++u) row[u] = scalar_t(du[u]);
         }
       } else if constexpr (!kSame) {
