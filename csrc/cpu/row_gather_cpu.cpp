@@ -1,6 +1,7 @@
 // CPU row gathers split over the package's worker threads (see csrc/row_gather.h).
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "cpu/thread_pool.h"
@@ -23,8 +24,19 @@ void gather_rows(at::Tensor& out, const at::Tensor& src, const at::Tensor& idx) 
   char* to = static_cast<char*>(out.mutable_data_ptr());
   // Rows per chunk: about 32 KiB of copying each.
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(row_bytes, 1));
+  // How far ahead the loads start: about 4 KiB of rows, at least 4 rows, at most 16.
+  const int64_t ahead_rows = std::min<int64_t>(16, std::max<int64_t>(4, 4096 / std::max<int64_t>(row_bytes, 1)));
   parallel_for(M, grain, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m) {
+      // The rows are random rows of a table that is mostly out of cache: the loads of the row
+      // ahead_rows places on are started now, so that several rows' memory latencies overlap.
+      if (m + ahead_rows < m1) {
+        const int64_t ahead = id[m + ahead_rows];
+        if (ahead >= 0 && ahead < N) {
+          const char* c = from + ahead * row_bytes;
+          for (int64_t off = 0; off < row_bytes; off += 64) __builtin_prefetch(c + off, 0, 0);
+        }
+      }
       const int64_t r = id[m];
       TORCH_CHECK(r >= 0 && r < N, "gather_rows: index ", r, " is out of range [0, ", N, ")");
       std::memcpy(to + m * row_bytes, from + r * row_bytes, static_cast<size_t>(row_bytes));
