@@ -15,7 +15,6 @@ sum over valid rows divided by B.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +27,6 @@ CROSS_ENTROPY = 4
 LOG_BPRMAX_EPS = math.log(1e-24)
 
 
-@lru_cache(maxsize=64)
 def loss_code(name: str) -> int:
     """The op code of a loss name; ValueError listing the valid names otherwise."""
     if not isinstance(name, str) or name.lower() not in LOSS_CODES:
@@ -36,7 +34,6 @@ def loss_code(name: str) -> int:
     return LOSS_CODES[name.lower()]
 
 
-@lru_cache(maxsize=64)
 def activation_code(name: str, elu_alpha: float = 1.0) -> tuple[int, float]:
     """(op code, elu alpha) of an activation name: "linear", "tanh", "elu" or "elu-<alpha>"."""
     valid = "linear, tanh, elu, elu-<alpha> (e.g. elu-0.5)"
