@@ -1,8 +1,10 @@
 """CPU training speed by thread setting, quiet and with a competing busy process, beside the bound.
 
 For each preset, in one run and on the same data, from the same initial weights:
-  * `pool-1`, `pool-2`: the package's default CPU path (the kernels' own threads, torch's ops on one
-    thread) with 1 and 2 threads; `default` is what a user gets without setting anything;
+  * `pool-1`, `pool-2`: the package's CPU path (the kernels' own threads, torch's ops on one
+    thread) held at 1 and 2 threads (what `--threads 1` / `--threads 2` give);
+  * `auto-2`: what a user gets without setting anything: 2 threads, or 1 for each stretch of steps
+    where a probe measured one thread faster (gru4rec_ext.threads.StepThreads);
   * `omp-2`: the old way for comparison: torch's OpenMP threads (2) for the products and ATen ops,
     the kernels' own pool off;
   * each of them quiet and again while a competing process that this benchmark starts keeps a core
@@ -13,8 +15,8 @@ For each preset, in one run and on the same data, from the same initial weights:
     gru4rec_ext._extension.cpu_gemm), i.e. the time the step cannot go below; torch.mm's time for
     the same products is reported beside it.
 Reports events/s (training pairs per second), events per CPU-second, and the ratios the issue asks
-for: 2 threads / 1 thread (quiet), default-with-load / 1 thread (quiet and loaded), and the 1-thread
-step over its products. Writes benchmarks/results/<machine>/bench_threads.json and a plot.
+for: 2 threads / 1 thread (quiet), the default (auto-2) / 1 thread (quiet, and with load against 1
+thread quiet and loaded), and the 1-thread step over its products. Writes benchmarks/results/<machine>/bench_threads.json and a plot.
 
     PYTHONPATH=. python benchmarks/bench_threads.py                       # all three presets
     PYTHONPATH=. python benchmarks/bench_threads.py --presets rsc15 --steps 400 --repeat 3
@@ -56,7 +58,7 @@ DATA = {
     "retailrocket": os.path.join(SHARED, "diginetica", "diginetica_train_full.tsv.xz"),
     "diginetica": os.path.join(SHARED, "diginetica", "diginetica_train_full.tsv.xz"),
 }
-MODES = ("pool-1", "pool-2", "omp-2")
+MODES = ("pool-1", "pool-2", "auto-2", "omp-2")
 
 
 @contextlib.contextmanager
@@ -94,6 +96,7 @@ def timed_steps(trainer, mode, steps, warmup):
     """Events/s and events/CPU-s of `steps` steps after `warmup`, with the thread setting `mode`."""
     n = int(mode.split("-")[1])
     torch.set_num_threads(n)
+    trainer.adaptive_threads = mode.startswith("auto")  # pool-N: held at N threads
     saved = train_module.cpu_training_threads
     if mode.startswith("omp"):  # the old path: torch's OpenMP threads, the kernels' pool off
         train_module.cpu_training_threads = lambda: contextlib.nullcontext()
@@ -212,8 +215,11 @@ def main(argv=None):
                "cpu_gemm": _extension.cpu_gemm(), "step_seconds_1t": step_1t,
                "step_over_products_1t": step_1t / prod,
                "quiet_2t_over_1t": med["pool-2/quiet"]["events_per_s"] / one,
-               "loaded_default_over_1t_quiet": med["pool-2/" + args.load]["events_per_s"] / one,
-               "loaded_default_over_1t_loaded": med["pool-2/" + args.load]["events_per_s"]
+               "quiet_default_over_1t": med["auto-2/quiet"]["events_per_s"] / one,
+               "loaded_2t_over_1t_loaded": med["pool-2/" + args.load]["events_per_s"]
+               / med["pool-1/" + args.load]["events_per_s"],
+               "loaded_default_over_1t_quiet": med["auto-2/" + args.load]["events_per_s"] / one,
+               "loaded_default_over_1t_loaded": med["auto-2/" + args.load]["events_per_s"]
                / med["pool-1/" + args.load]["events_per_s"],
                "loaded_omp2_over_1t_loaded": med["omp-2/" + args.load]["events_per_s"]
                / med["pool-1/" + args.load]["events_per_s"]}
@@ -226,8 +232,10 @@ def main(argv=None):
         lines.append(f"  products alone, 1 thread ({_extension.cpu_gemm()}): {prod * 1e3:.3f} ms/step "
                      f"(torch.mm: {prod_blas * 1e3:.3f}); the 1-thread step {step_1t * 1e3:.3f} ms = "
                      f"{res['step_over_products_1t']:.2f}x its products")
-        lines.append(f"  quiet 2 threads / 1 thread: {res['quiet_2t_over_1t']:.2f}x; with load ({args.load}): "
-                     f"default / 1 thread loaded {res['loaded_default_over_1t_loaded']:.2f}x, "
+        lines.append(f"  quiet 2 threads / 1 thread: {res['quiet_2t_over_1t']:.2f}x, default / 1 thread "
+                     f"{res['quiet_default_over_1t']:.2f}x; with load ({args.load}): 2 threads / 1 thread loaded "
+                     f"{res['loaded_2t_over_1t_loaded']:.2f}x, default / 1 thread loaded "
+                     f"{res['loaded_default_over_1t_loaded']:.2f}x, "
                      f"default loaded / 1 thread quiet {res['loaded_default_over_1t_quiet']:.2f}x, "
                      f"old OpenMP 2 threads / 1 thread loaded {res['loaded_omp2_over_1t_loaded']:.2f}x")
     torch.set_num_threads(torch_threads)

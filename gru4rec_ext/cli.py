@@ -291,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs stay)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch (default: torch's choice; 1 is often fastest on a busy machine)")
+                        help="CPU threads (default: torch's choice, and training then runs on it or on one thread, "
+                             "whichever its steps measure faster; a number given here is kept)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model (and evaluate it with --test)")
@@ -409,7 +410,10 @@ def main(argv=None) -> int:
             sys.stderr.write(f"gru4rec: error: --threads must be >= 1, got {args.threads}\n")
             return 2
         import torch
+
+        from .threads import set_explicit_threads
         torch.set_num_threads(args.threads)
+        set_explicit_threads()  # training keeps this count (no choosing between it and one thread)
     try:
         return args.func(args)
     except (CLIError, DataError, FileNotFoundError, ValueError, NotImplementedError) as exc:

@@ -10,11 +10,20 @@ claimed, a delayed thread costs nothing, idle threads sleep) and torch's own ops
 How many: `--threads` / `torch.set_num_threads` / `OMP_NUM_THREADS` when the user set one (they
 set torch's count, which this reads), otherwise torch's default; never more than the CPUs this
 process may run on (`os.sched_getaffinity`).
+
+Two threads are not always faster than one: when other work takes a core, or when the host runs
+a VM's two vCPUs on one physical core, they can be slower than one thread. Unless the count was
+set explicitly (`--threads`, `OMP_NUM_THREADS`, or `Trainer(adaptive_threads=False)`), the
+trainer times its steps and runs each stretch of steps on whichever count was faster in the
+probe before it (`StepThreads`). It does so only with the package's own matrix product, which
+gives the same bits however a product is split, so the choice never changes the results; with
+torch's BLAS (Intel CPUs, GRU4REC_GEMM=blas) the count stays fixed.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import statistics
 
 import torch
 
@@ -53,3 +62,73 @@ def cpu_training_threads(n: int | None = None):
         if before_torch != 1:
             torch.set_num_threads(before_torch)
         _extension.set_num_threads(before_pool)
+
+
+_explicit = False
+
+
+def set_explicit_threads(explicit: bool = True) -> None:
+    """Marks the thread count as chosen by the user (the CLI's `--threads`): training then keeps
+    it instead of choosing between it and one thread from step times."""
+    global _explicit
+    _explicit = bool(explicit)
+
+
+def threads_are_explicit() -> bool:
+    """Whether the user fixed the thread count: `set_explicit_threads()` or OMP_NUM_THREADS."""
+    return _explicit or bool(os.environ.get("OMP_NUM_THREADS"))
+
+
+class StepThreads:
+    """The kernels' thread count for each step of a CPU training epoch, chosen from step times.
+
+    Every `period` steps start with `probe` steps on `threads` threads and `probe` steps on one,
+    each timed (the first `skip` of each after the switch are not counted); the rest of the
+    period runs on the count whose median step was shorter (`threads` on a tie within 2%, and
+    whenever a probe was too short to tell). Call `before(s)` before step s and `after(s, seconds)`
+    with its wall time; `threads_used` counts the steps run on each count.
+    """
+
+    def __init__(self, threads: int, period: int = 1000, probe: int = 24, skip: int = 4):
+        if threads < 2:
+            raise ValueError(f"StepThreads needs at least 2 threads to choose from, got {threads}")
+        if not 0 <= skip < probe or 2 * probe > period:
+            raise ValueError(f"StepThreads: need 0 <= skip < probe and 2 * probe <= period, got "
+                             f"period={period}, probe={probe}, skip={skip}")
+        self.threads, self.period, self.probe, self.skip = int(threads), int(period), int(probe), int(skip)
+        self.chosen = self.threads
+        self.times = {self.threads: [], 1: []}
+        self.threads_used = {self.threads: 0, 1: 0}
+        self.current = None
+
+    def count_for(self, s: int) -> int:
+        """The thread count of step s."""
+        k = s % self.period
+        if k < self.probe:
+            return self.threads
+        if k < 2 * self.probe:
+            return 1
+        return self.chosen
+
+    def before(self, s: int) -> None:
+        if s % self.period == 0:
+            self.times = {self.threads: [], 1: []}
+        n = self.count_for(s)
+        if n != self.current:
+            _extension.set_num_threads(n)
+            self.current = n
+        self.threads_used[n] += 1
+
+    def after(self, s: int, seconds: float) -> None:
+        k = s % self.period
+        if k < 2 * self.probe:
+            if k % self.probe >= self.skip:
+                self.times[self.count_for(s)].append(seconds)
+            if k == 2 * self.probe - 1:
+                self.chosen = self._choose()
+
+    def _choose(self) -> int:
+        many, one = self.times[self.threads], self.times[1]
+        if not many or not one:
+            return self.threads
+        return 1 if statistics.median(one) < 0.98 * statistics.median(many) else self.threads

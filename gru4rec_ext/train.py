@@ -25,7 +25,7 @@ from .optim import AdagradM
 from .sampling import PopularitySampler
 from .train_loop import LOG_EVERY, headline, run_epoch, write_json
 from .train_state import CHECKPOINT_NAME, resume_training, save_training_checkpoint
-from .threads import cpu_training_threads
+from .threads import StepThreads, cpu_training_threads, threads_are_explicit, training_threads
 from .train_step import OutputLoss, StaticStep, TrainStep, compute_step
 
 logger = logging.getLogger("gru4rec_ext")
@@ -53,6 +53,13 @@ class Trainer:
     `epoch`, `result` the epoch's history entry, before its checkpoint and JSON are written, so
     entries it adds to `result` are kept); an exception it raises stops training and propagates
     out of `fit()` (`gru4rec_ext.tuning` evaluates and prunes there).
+    On the CPU with the kernels and more than one thread, `adaptive_threads` (default True) runs
+    each stretch of steps on whichever of the thread count and one thread was faster in a short
+    probe before it (`gru4rec_ext.threads.StepThreads`; the epoch's result then has
+    `steps_per_thread_count`); it is off when the count was set explicitly (the CLI's
+    `--threads`, OMP_NUM_THREADS), and where torch's BLAS computes the products (Intel CPUs,
+    GRU4REC_GEMM=blas), whose rounding may depend on the count: there the results must not
+    depend on timing. With the package's own product the count never changes the results.
     """
 
     def __init__(self, model: GRU4Rec, train_data, *, n_epochs: int = 10, batch_size: int = 32,
@@ -61,7 +68,8 @@ class Trainer:
                  momentum: float = 0.0, mask_accidental_hits: bool = False, shuffle: bool = False, seed: int = 0,
                  device=None, progress: bool = True, eval_data=None, checkpoint_dir=None, resume: bool = False,
                  log_json=None, item_map=None, config: dict | None = None, eval_batch_size: int = 512,
-                 cutoffs=(1, 5, 10, 20), tie_modes=("standard",), on_epoch_end=None, cuda_graph: bool | None = None):
+                 cutoffs=(1, 5, 10, 20), tie_modes=("standard",), on_epoch_end=None, cuda_graph: bool | None = None,
+                 adaptive_threads: bool = True):
         if not isinstance(model, GRU4Rec):
             raise TypeError(f"model must be a GRU4Rec, got {type(model).__name__}")
         if loss not in LOSSES:
@@ -86,6 +94,7 @@ class Trainer:
         self.sample_alpha, self.loss, self.bpreg, self.logq = float(sample_alpha), loss, float(bpreg), float(logq)
         self.learning_rate, self.momentum = float(learning_rate), float(momentum)
         self.mask_accidental_hits, self.shuffle, self.seed = bool(mask_accidental_hits), bool(shuffle), int(seed)
+        self.adaptive_threads = bool(adaptive_threads)
         self.device = torch.device(device) if device is not None else model.Wy.device
         self.progress, self.eval_data, self.log_json = progress, eval_data, log_json
         self.checkpoint_dir, self.resume = checkpoint_dir, bool(resume)
@@ -201,11 +210,23 @@ class Trainer:
         # The ids are checked here, once per epoch on the host, so that no step checks (or syncs for) them.
         schedule = build_schedule(self.data, self.batch_size, shuffle=self.shuffle, seed=self.seed + epoch,
                                   n_items=self.model.n_items)
-        threads = (cpu_training_threads() if self.device.type == "cpu" and self.model.backend == "kernels"
-                   else contextlib.nullcontext())
+        own_threads = self.device.type == "cpu" and self.model.backend == "kernels" and _extension.available()
+        threads = cpu_training_threads() if own_threads else contextlib.nullcontext()
+        # Unless the count was set explicitly: each stretch of steps on whichever of the count and
+        # one thread was faster in the probe before it (gru4rec_ext.threads.StepThreads).
+        # Only where the count cannot change the results: with the package's own product, which
+        # gives the same bits however a product is split (torch's BLAS may round differently).
+        n = training_threads()
+        adapt = (own_threads and n > 1 and self.adaptive_threads and not threads_are_explicit()
+                 and _extension.cpu_gemm() == "avx512")
+        chooser = StepThreads(n) if adapt else None
         with threads:
-            return run_epoch(self.make_step(), schedule, self.model.init_hidden(self.batch_size, self.device),
-                             epoch=epoch, n_epochs=self.n_epochs, max_steps=max_steps, progress=self.progress, t0=t0)
+            result = run_epoch(self.make_step(), schedule, self.model.init_hidden(self.batch_size, self.device),
+                               epoch=epoch, n_epochs=self.n_epochs, max_steps=max_steps, progress=self.progress,
+                               t0=t0, threads=chooser)
+        if chooser is not None:
+            result["steps_per_thread_count"] = dict(chooser.threads_used)
+        return result
 
     def fit(self) -> dict:
         """Train the remaining epochs (checkpointing each), evaluate on eval_data; returns the summary."""

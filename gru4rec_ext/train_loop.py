@@ -49,7 +49,7 @@ class _Progress:
 
 
 def run_epoch(step, schedule, hidden: torch.Tensor, *, epoch: int, n_epochs: int, max_steps: int | None = None,
-              progress: bool = True, t0: float | None = None) -> dict:
+              progress: bool = True, t0: float | None = None, threads=None) -> dict:
     """Run `step` over the steps of `schedule` (an EpochSchedule on the CPU; it is moved to the
     device of `hidden` once).
 
@@ -59,6 +59,8 @@ def run_epoch(step, schedule, hidden: torch.Tensor, *, epoch: int, n_epochs: int
     `step.start_epoch(schedule, hidden)`, then `step.advance()` per step, its loss summed into
     `step.window`. hidden: the initial state [L,B,H]. Runs the first `max_steps` steps when given.
     t0: when the epoch started (perf_counter; default now), for its seconds and events/s.
+    threads: a `threads.StepThreads` that sets the CPU kernels' thread count of each step from
+    their times, or None.
 
     Returns {"epoch" (1-based), "loss" (mean batch loss), "events_per_s", "seconds", "steps",
     "events" (the valid training pairs of the steps run)}.
@@ -81,8 +83,13 @@ def run_epoch(step, schedule, hidden: torch.Tensor, *, epoch: int, n_epochs: int
         window = torch.zeros((), device=device)
         inputs_all, targets_all, reset_all, valid_all = sched.inputs, sched.targets, sched.reset, sched.valid
         for s in range(n_steps):
+            if threads is not None:
+                threads.before(s)
+                started = time.perf_counter()
             loss, hidden = step(inputs_all[s], targets_all[s], reset_all[s], None if full[s] else valid_all[s],
                                 hidden)
+            if threads is not None:
+                threads.after(s, time.perf_counter() - started)
             window += loss
             if (s + 1) % LOG_EVERY == 0 or s + 1 == n_steps:
                 log.read(s, window)  # the one host read, every LOG_EVERY steps
