@@ -80,55 +80,86 @@ def threads_are_explicit() -> bool:
 
 
 class StepThreads:
-    """The kernels' thread count for each step of a CPU training epoch, chosen from step times.
+    """The kernels' thread count for each step of CPU training, chosen from step times.
 
-    Every `period` steps start with `probe` steps on `threads` threads and `probe` steps on one,
-    each timed (the first `skip` of each after the switch are not counted); the rest of the
-    period runs on the count whose median step was shorter (`threads` on a tie within 2%, and
-    whenever a probe was too short to tell). Call `before(s)` before step s and `after(s, seconds)`
-    with its wall time; `threads_used` counts the steps run on each count.
+    A probe times `probe` steps on `threads` threads and `probe` on one (the first `skip` of each,
+    just after the switch, are not counted); the steps up to the next probe run on the count whose
+    median step was shorter (`threads` unless one thread was at least 5% faster). Probes come every `period` steps; while
+    they keep confirming `threads` the period doubles, up to `max_period`; a probe that chooses one
+    thread brings it back to `period`. Between probes, the median of each `probe`
+    steps is compared with the chosen count's median in the probe: when the machine changed (a
+    half slower or a third faster: another process started or stopped), the next step probes
+    again. One StepThreads serves a whole training run
+    (the trainer keeps it across epochs). Call `before()` before each step and `after(seconds)`
+    with its wall time (and `resume()` when something else may have set the pool's count in
+    between); `threads_used` counts the steps run on each count.
     """
 
-    def __init__(self, threads: int, period: int = 1000, probe: int = 24, skip: int = 4):
+    def __init__(self, threads: int, period: int = 1000, probe: int = 12, skip: int = 2,
+                 max_period: int = 8000):
         if threads < 2:
             raise ValueError(f"StepThreads needs at least 2 threads to choose from, got {threads}")
-        if not 0 <= skip < probe or 2 * probe > period:
-            raise ValueError(f"StepThreads: need 0 <= skip < probe and 2 * probe <= period, got "
-                             f"period={period}, probe={probe}, skip={skip}")
-        self.threads, self.period, self.probe, self.skip = int(threads), int(period), int(probe), int(skip)
+        if not 0 <= skip < probe or 2 * probe > period or max_period < period:
+            raise ValueError(f"StepThreads: need 0 <= skip < probe, 2 * probe <= period <= max_period, got "
+                             f"period={period}, probe={probe}, skip={skip}, max_period={max_period}")
+        self.threads, self.base_period, self.probe, self.skip = int(threads), int(period), int(probe), int(skip)
+        self.max_period = int(max_period)
+        self.period = self.base_period
         self.chosen = self.threads
+        self.k = 0  # steps since the current probe began
         self.times = {self.threads: [], 1: []}
+        self.reference = None  # the chosen count's median step in the last probe
+        self.recent = []       # step times since, a probe's length at a time
         self.threads_used = {self.threads: 0, 1: 0}
         self.current = None
 
-    def count_for(self, s: int) -> int:
-        """The thread count of step s."""
-        k = s % self.period
-        if k < self.probe:
+    def resume(self) -> None:
+        """Before steps after something else may have set the pool's count (a new epoch)."""
+        self.current = None
+
+    def count(self) -> int:
+        """The thread count of the next step."""
+        if self.k < self.probe:
             return self.threads
-        if k < 2 * self.probe:
+        if self.k < 2 * self.probe:
             return 1
         return self.chosen
 
-    def before(self, s: int) -> None:
-        if s % self.period == 0:
-            self.times = {self.threads: [], 1: []}
-        n = self.count_for(s)
+    def before(self) -> None:
+        n = self.count()
         if n != self.current:
             _extension.set_num_threads(n)
             self.current = n
         self.threads_used[n] += 1
 
-    def after(self, s: int, seconds: float) -> None:
-        k = s % self.period
+    def after(self, seconds: float) -> None:
+        k = self.k
         if k < 2 * self.probe:
             if k % self.probe >= self.skip:
-                self.times[self.count_for(s)].append(seconds)
+                self.times[self.count()].append(seconds)
             if k == 2 * self.probe - 1:
-                self.chosen = self._choose()
+                chosen = self._choose()
+                # Fewer threads than allowed is the choice to re-check soonest.
+                same = chosen == self.chosen and chosen == self.threads
+                self.period = min(2 * self.period, self.max_period) if same else self.base_period
+                self.chosen = chosen
+                self.reference = statistics.median(self.times[chosen]) if self.times[chosen] else None
+                self.recent = []
+        elif self.reference is not None:
+            self.recent.append(seconds)
+            if len(self.recent) == self.probe:
+                ratio = statistics.median(self.recent) / max(self.reference, 1e-12)
+                self.recent = []
+                if ratio > 1.5 or ratio < 0.67:  # the machine changed: probe again now
+                    self.period = self.base_period
+                    self.k = self.period - 1
+        self.k += 1
+        if self.k >= self.period:
+            self.k = 0
+            self.times = {self.threads: [], 1: []}
 
     def _choose(self) -> int:
         many, one = self.times[self.threads], self.times[1]
         if not many or not one:
             return self.threads
-        return 1 if statistics.median(one) < 0.98 * statistics.median(many) else self.threads
+        return 1 if statistics.median(one) < 0.95 * statistics.median(many) else self.threads

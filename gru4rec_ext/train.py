@@ -95,6 +95,7 @@ class Trainer:
         self.learning_rate, self.momentum = float(learning_rate), float(momentum)
         self.mask_accidental_hits, self.shuffle, self.seed = bool(mask_accidental_hits), bool(shuffle), int(seed)
         self.adaptive_threads = bool(adaptive_threads)
+        self._step_threads = None
         self.device = torch.device(device) if device is not None else model.Wy.device
         self.progress, self.eval_data, self.log_json = progress, eval_data, log_json
         self.checkpoint_dir, self.resume = checkpoint_dir, bool(resume)
@@ -219,12 +220,19 @@ class Trainer:
         n = training_threads()
         adapt = (own_threads and n > 1 and self.adaptive_threads and not threads_are_explicit()
                  and _extension.cpu_gemm() == "avx512")
-        chooser = StepThreads(n) if adapt else None
+        if not adapt:
+            chooser = None
+        elif self._step_threads is None or self._step_threads.threads != n:
+            chooser = self._step_threads = StepThreads(n)  # kept across epochs: its probes back off
+        else:
+            chooser = self._step_threads
+        if chooser is not None:
+            chooser.resume()  # cpu_training_threads sets the pool's count on entering
         with threads:
             result = run_epoch(self.make_step(), schedule, self.model.init_hidden(self.batch_size, self.device),
                                epoch=epoch, n_epochs=self.n_epochs, max_steps=max_steps, progress=self.progress,
                                t0=t0, threads=chooser)
-        if chooser is not None:
+        if chooser is not None:  # since the start of training
             result["steps_per_thread_count"] = dict(chooser.threads_used)
         return result
 

@@ -84,12 +84,12 @@ def run_epoch(step, schedule, hidden: torch.Tensor, *, epoch: int, n_epochs: int
         inputs_all, targets_all, reset_all, valid_all = sched.inputs, sched.targets, sched.reset, sched.valid
         for s in range(n_steps):
             if threads is not None:
-                threads.before(s)
+                threads.before()
                 started = time.perf_counter()
             loss, hidden = step(inputs_all[s], targets_all[s], reset_all[s], None if full[s] else valid_all[s],
                                 hidden)
             if threads is not None:
-                threads.after(s, time.perf_counter() - started)
+                threads.after(time.perf_counter() - started)
             window += loss
             if (s + 1) % LOG_EVERY == 0 or s + 1 == n_steps:
                 log.read(s, window)  # the one host read, every LOG_EVERY steps

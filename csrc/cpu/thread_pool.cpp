@@ -70,7 +70,12 @@ class Pool {
 
   void set_threads(int n) {
     TORCH_CHECK(n >= 1, "gru4rec: the number of CPU threads must be >= 1, got ", n);
-    threads_.store(n, std::memory_order_relaxed);
+    // A new count starts without the back-off of the old one (a caller that asks for threads,
+    // such as the trainer's probe of 2 against 1, gets them), unless a job is running right now.
+    if (threads_.exchange(n, std::memory_order_relaxed) != n) {
+      std::unique_lock<std::mutex> lock(run_mutex_, std::try_to_lock);
+      if (lock.owns_lock()) backoff_ = backoff_left_ = 0;
+    }
   }
 
   void run(int64_t n, int64_t grain, detail::ChunkFn fn, const void* body) {
