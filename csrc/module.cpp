@@ -7,6 +7,7 @@
 #include <string>
 
 #include "cpu/activation_cpu.h"
+#include "cpu/cpu_isa.h"
 #include "cpu/gemm_f32.h"
 #include "cpu/thread_pool.h"
 #include "products.h"
@@ -45,7 +46,7 @@ void cpu_mm_out(at::Tensor out, const at::Tensor& a, const at::Tensor& b, bool a
 // gemm_f32 itself on one thread, whatever use_own_gemm() chose (for tests; needs AVX-512F).
 void own_gemm_out(at::Tensor out, const at::Tensor& a, const at::Tensor& b, bool accumulate,
                   const std::optional<at::Tensor>& bias) {
-  TORCH_CHECK(gru4rec::cpu::cpu_has_avx512f(), "_own_gemm_out: this CPU has no AVX-512F");
+  TORCH_CHECK(gru4rec::cpu_has_avx512(), "_own_gemm_out: this CPU has no AVX-512F");
   TORCH_CHECK(out.scalar_type() == at::kFloat && a.scalar_type() == at::kFloat &&
                   b.scalar_type() == at::kFloat, "_own_gemm_out: float32 only");
   TORCH_CHECK(out.dim() == 2 && a.dim() == 2 && b.dim() == 2 && a.size(0) == out.size(0) &&
@@ -71,7 +72,7 @@ void own_gemm_out(at::Tensor out, const at::Tensor& a, const at::Tensor& b, bool
 // of the whole [B, N] product that gemm_f32 computes (evaluation reads the targets' scores so).
 at::Tensor own_gemm_rows(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& bias,
                          const at::Tensor& idx) {
-  TORCH_CHECK(gru4rec::cpu::cpu_has_avx512f(), "_own_gemm_rows: this CPU has no AVX-512F");
+  TORCH_CHECK(gru4rec::cpu_has_avx512(), "_own_gemm_rows: this CPU has no AVX-512F");
   TORCH_CHECK(hidden.is_cpu() && hidden.scalar_type() == at::kFloat && hidden.dim() == 2 &&
                   weight.scalar_type() == at::kFloat && weight.dim() == 2 &&
                   bias.scalar_type() == at::kFloat && bias.dim() == 1 &&

@@ -83,16 +83,16 @@ class StepThreads:
     """The kernels' thread count for each step of CPU training, chosen from step times.
 
     A probe times `probe` steps on `threads` threads and `probe` on one (the first `skip` of each,
-    just after the switch, are not counted); the steps up to the next probe run on the count whose
-    median step was shorter (`threads` unless one thread was at least 5% faster). Probes come every `period` steps; while
-    they keep confirming `threads` the period doubles, up to `max_period`; a probe that chooses one
-    thread brings it back to `period`. Between probes, the median of each `probe`
-    steps is compared with the chosen count's median in the probe: when the machine changed (a
-    half slower or a third faster: another process started or stopped), the next step probes
-    again. One StepThreads serves a whole training run
-    (the trainer keeps it across epochs). Call `before()` before each step and `after(seconds)`
-    with its wall time (and `resume()` when something else may have set the pool's count in
-    between); `threads_used` counts the steps run on each count.
+    just after the switch, are not counted). The steps up to the next probe run on one thread only
+    if its median step was at least 5% shorter. Probes come every `period` steps; while they keep
+    choosing `threads` the period doubles, up to `max_period`, and a probe that chooses one thread
+    brings it back to `period`. Between probes, the median of each `probe` steps is compared with
+    the chosen count's median in the probe: when the machine changed (half slower or a third
+    faster: another process started or stopped), the next step probes again.
+
+    One StepThreads serves a whole training run (the trainer keeps it across epochs). Call
+    `before()` before each step, `after(seconds)` with its wall time, and `resume()` when something
+    else may have set the pool's count in between; `threads_used` counts the steps on each count.
     """
 
     def __init__(self, threads: int, period: int = 1000, probe: int = 12, skip: int = 2,

@@ -213,21 +213,7 @@ class Trainer:
                                   n_items=self.model.n_items)
         own_threads = self.device.type == "cpu" and self.model.backend == "kernels" and _extension.available()
         threads = cpu_training_threads() if own_threads else contextlib.nullcontext()
-        # Unless the count was set explicitly: each stretch of steps on whichever of the count and
-        # one thread was faster in the probe before it (gru4rec_ext.threads.StepThreads).
-        # Only where the count cannot change the results: with the package's own product, which
-        # gives the same bits however a product is split (torch's BLAS may round differently).
-        n = training_threads()
-        adapt = (own_threads and n > 1 and self.adaptive_threads and not threads_are_explicit()
-                 and _extension.cpu_gemm() == "avx512")
-        if not adapt:
-            chooser = None
-        elif self._step_threads is None or self._step_threads.threads != n:
-            chooser = self._step_threads = StepThreads(n)  # kept across epochs: its probes back off
-        else:
-            chooser = self._step_threads
-        if chooser is not None:
-            chooser.resume()  # cpu_training_threads sets the pool's count on entering
+        chooser = self._thread_chooser() if own_threads else None
         with threads:
             result = run_epoch(self.make_step(), schedule, self.model.init_hidden(self.batch_size, self.device),
                                epoch=epoch, n_epochs=self.n_epochs, max_steps=max_steps, progress=self.progress,
@@ -235,6 +221,20 @@ class Trainer:
         if chooser is not None:  # since the start of training
             result["steps_per_thread_count"] = dict(chooser.threads_used)
         return result
+
+    def _thread_chooser(self) -> StepThreads | None:
+        """The StepThreads of this run (kept across epochs, so that its probes back off), or None
+        where the count is fixed: one thread, `adaptive_threads=False`, an explicit count, or
+        torch's BLAS products, whose rounding may depend on the split (the package's own product
+        gives the same bits on any count, so the choice never changes the results)."""
+        n = training_threads()
+        if (n < 2 or not self.adaptive_threads or threads_are_explicit()
+                or _extension.cpu_gemm() != "avx512"):
+            return None
+        if self._step_threads is None or self._step_threads.threads != n:
+            self._step_threads = StepThreads(n)
+        self._step_threads.resume()  # cpu_training_threads sets the pool's count on entering
+        return self._step_threads
 
     def fit(self) -> dict:
         """Train the remaining epochs (checkpointing each), evaluate on eval_data; returns the summary."""

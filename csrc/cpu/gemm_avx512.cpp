@@ -148,14 +148,12 @@ GRU4REC_TARGET_AVX512 void pack_transposed(int64_t K, const float* src, int64_t 
 bool decide_own_gemm() {
   const char* env = std::getenv("GRU4REC_GEMM");
   if (env != nullptr && std::strcmp(env, "blas") == 0) return false;
-  if (!cpu_has_avx512f()) return false;
+  if (!cpu_has_avx512()) return false;
   if (env != nullptr && std::strcmp(env, "own") == 0) return true;
   return !__builtin_cpu_is("intel");
 }
 
 }  // namespace
-
-bool cpu_has_avx512f() { return cpu_has_avx512(); }
 
 namespace {
 std::atomic<int> own_gemm_choice{-1};  // -1: not decided yet; 0: BLAS; 1: gemm_f32
@@ -172,7 +170,7 @@ bool use_own_gemm() {
 }
 
 void set_own_gemm(bool own) {
-  if (own && !cpu_has_avx512f()) throw std::invalid_argument("this CPU has no AVX-512F");
+  if (own && !cpu_has_avx512()) throw std::invalid_argument("this CPU has no AVX-512F");
   own_gemm_choice.store(own ? 1 : 0, std::memory_order_relaxed);
 }
 
@@ -211,7 +209,6 @@ void gemm_f32(int64_t M, int64_t N, int64_t K, const float* a, int64_t sam, int6
 #else  // not x86-64 with GCC/Clang: never chosen
 
 bool use_own_gemm() { return false; }
-bool cpu_has_avx512f() { return false; }
 void set_own_gemm(bool own) {
   if (own) throw std::invalid_argument("this build has no AVX-512 matrix product");
 }

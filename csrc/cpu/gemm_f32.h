@@ -14,11 +14,9 @@ namespace cpu {
 bool use_own_gemm();
 
 // Overrides that choice for this process (benchmarks comparing the two side by side, tests);
-// throws std::invalid_argument for `own` on a CPU without AVX-512F.
+// throws std::invalid_argument for `own` on a CPU without AVX-512F. Whether this CPU (and this
+// build) can run gemm_f32 at all is cpu_has_avx512() (cpu/cpu_isa.h).
 void set_own_gemm(bool own);
-
-// Whether this CPU (and this build) can run gemm_f32 at all.
-bool cpu_has_avx512f();
 
 // out[M,N] = init + a @ b, where init is out itself (accumulate), bias[N] on every row (bias not
 // null) or zero. a(m,k) = a[m*sam + k*sak] and b(k,n) = b[k*sbk + n*sbn], each with one unit

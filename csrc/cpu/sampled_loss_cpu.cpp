@@ -576,7 +576,7 @@ void row_pass_cpu(scalar_t* S, const int64_t* cols, const int64_t* cand, const s
       } else {
         for (int64_t j = 0; j < C; ++j) xs[j] = acc_t(row[j]);
       }
-      const int64_t target = cand[cols ? cols[b] : b];
+      const int64_t target = item[b];  // the row's own column is column b
       int64_t ns = C - 1;
       if (p.activation == lm::kLinear) {
         std::copy(x, x + C, r.data());
