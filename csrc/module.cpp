@@ -10,6 +10,7 @@
 #include "cpu/cpu_isa.h"
 #include "cpu/gemm_f32.h"
 #include "cpu/thread_pool.h"
+#include "cpu/uniform_cpu.h"
 #include "products.h"
 #include "schedule.h"
 
@@ -139,5 +140,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("_own_gemm_out", &own_gemm_out, pybind11::arg("out"), pybind11::arg("a"),
         pybind11::arg("b"), pybind11::arg("accumulate") = false,
         pybind11::arg("bias") = std::nullopt, "gemm_f32 on one thread (for tests; AVX-512F)");
+  m.def("_uniform_fill_", [](at::Tensor out, bool simd) { gru4rec::cpu::uniform_fill(out, std::nullopt, simd); },
+        pybind11::arg("out"), pybind11::arg("simd") = true,
+        "out.uniform_(0, 1) from torch's default CPU generator through the package's block draws "
+        "(csrc/cpu/uniform_cpu.h: the same numbers; for tests)");
   gru4rec::bind_schedule(m);
 }

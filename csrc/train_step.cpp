@@ -17,6 +17,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu/uniform_cpu.h"
 #include "loss_math.h"
 #include "row_gather.h"
 #include "train_step.h"
@@ -54,7 +55,11 @@ enum InputMode : int64_t { kShared = 0, kEmbedding = 1, kOneHot = 2 };
 // (torch's generator) into `mask`, and x * mask returned; one dropout_apply_ kernel after the draw
 // (the same results as rand_like(x).ge_(p).mul_(1 / (1 - p)) and x * mask).
 Tensor apply_dropout(const StepOps& ops, const Tensor& x, double p, Tensor& mask) {
-  mask = at::rand_like(x);
+#ifndef GRU4REC_CUDA_EMU
+  mask = x.is_cpu() ? cpu::rand_like_fast(x) : at::rand_like(x);  // the same draws, a block at a time
+#else
+  mask = at::rand_like(x);  // the emulated CUDA step draws as the CUDA one does
+#endif
   return ops.dropout_apply.call(mask, x, p);
 }
 

@@ -1,0 +1,21 @@
+// Uniform draws from torch's CPU generator, the same numbers bit for bit as out.uniform_(0, 1),
+// with the Mersenne twister's state update and tempering run 8 words at a time (AVX2); see
+// csrc/cpu/uniform_cpu.cpp.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <optional>
+
+namespace gru4rec::cpu {
+
+// out (contiguous CPU float32, float64 or bfloat16; anything else goes to out.uniform_) filled
+// with the draws out.uniform_(0, 1, gen) would give, and gen (default: torch's default CPU
+// generator) left in the same state. Checked once per process against ATen's own uniform_; if
+// they ever differ (another torch), this warns once and calls uniform_ from then on. simd false:
+// the scalar code that CPUs without AVX2 run (for tests).
+void uniform_fill(at::Tensor& out, const std::optional<at::Generator>& gen = std::nullopt, bool simd = true);
+
+// uniform_fill into a new tensor like x (x's sizes, dtype and device; contiguous).
+at::Tensor rand_like_fast(const at::Tensor& x);
+
+}  // namespace gru4rec::cpu
