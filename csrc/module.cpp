@@ -2,7 +2,10 @@
 // other translation units) and exposes host-side helpers through pybind11.
 #include <torch/extension.h>
 
+#include <mutex>
 #include <optional>
+#include <utility>
+#include <vector>
 #include <stdexcept>
 #include <string>
 
@@ -109,6 +112,18 @@ bool activate_rows(at::Tensor scores, int64_t activation, double alpha) {
                                          static_cast<float>(alpha));
 }
 
+// The chunks [begin, end) that the pool's parallel_for(n, grain) ran, in the order they finished
+// (for tests of the partition).
+std::vector<std::pair<int64_t, int64_t>> parallel_for_chunks(int64_t n, int64_t grain) {
+  std::mutex mutex;
+  std::vector<std::pair<int64_t, int64_t>> chunks;
+  gru4rec::cpu::parallel_for(n, grain, [&](int64_t begin, int64_t end) {
+    std::lock_guard<std::mutex> lock(mutex);
+    chunks.emplace_back(begin, end);
+  });
+  return chunks;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -144,5 +159,7 @@ PYBIND11_MODULE(_C, m) {
         pybind11::arg("out"), pybind11::arg("simd") = true,
         "out.uniform_(0, 1) from torch's default CPU generator through the package's block draws "
         "(csrc/cpu/uniform_cpu.h: the same numbers; for tests)");
+  m.def("_parallel_for_chunks", &parallel_for_chunks, pybind11::arg("n"), pybind11::arg("grain"),
+        "The chunks (begin, end) of the pool's parallel_for(n, grain) (for tests)");
   gru4rec::bind_schedule(m);
 }

@@ -88,7 +88,8 @@ def two_threads():
 
 
 @pytest.mark.skipif(not OWN, reason="this CPU takes BLAS, not the package's own product")
-@pytest.mark.parametrize("M,N,K", [(80, 672, 224), (672, 224, 80), (2080, 100, 32), (32, 2080, 100)])
+@pytest.mark.parametrize("M,N,K", [(80, 672, 224), (672, 224, 80), (2080, 100, 32), (32, 2080, 100),
+                                   (80, 224, 2058), (80, 224, 672), (77, 130, 50), (20, 100, 300)])
 def test_split_equals_one_piece_bitwise(two_threads, M, N, K):
     g = torch.Generator().manual_seed(M * N)
     for a_t, b_t in itertools.product((False, True), (False, True)):

@@ -107,3 +107,21 @@ def test_row_gather_over_the_pool_is_index_select(pool_threads):
     U = cand.numel()
     rows = state._workspace[B * U:B * U + U * H].view(U, H)
     assert torch.equal(rows, weight.index_select(0, cand))
+
+
+@pytest.mark.parametrize("n,grain", [(80, 73), (14, 3), (5, 1), (2, 1), (3, 1), (17920, 16384), (2138, 73),
+                                     (1000, 1), (7, 2), (80, 15)])
+def test_parallel_for_chunks_partition_evenly(pool_threads, n, grain):
+    """The pool's chunks cover [0, n) once, differ in size by at most one, and come in a multiple
+    of the thread count when n allows (80 rows at a grain of 73: 40 and 40, not 73 and 7)."""
+    pool_threads(2)
+    chunks = sorted(_extension._C._parallel_for_chunks(n, grain))
+    assert chunks[0][0] == 0 and chunks[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
+    sizes = [end - begin for begin, end in chunks]
+    assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
+    assert len(chunks) <= 8  # at most 4 per thread
+    if n > grain:
+        assert len(chunks) % 2 == 0 or len(chunks) == n
+    else:
+        assert chunks == [(0, n)]

@@ -12,8 +12,9 @@ namespace {
 // Below about this many multiply-adds a product runs in one piece: splitting costs more than it saves.
 constexpr int64_t kMinParallelMacs = 1 << 18;
 // Pieces hold whole groups of this many rows or columns (SIMD- and cache-friendly edges); a
-// column split for gemm_f32 keeps its 48-column panels whole.
+// split for gemm_f32 keeps its 8-row micro tiles and 48-column panels whole.
 constexpr int64_t kAlign = 16;
+constexpr int64_t kAlignOwnRows = 8;
 constexpr int64_t kAlignOwnColumns = 48;
 
 // Whether gemm_f32 takes this product: float32 throughout, one unit stride in each operand, and
@@ -52,11 +53,19 @@ void mm_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accu
     piece(out, a, b, accumulate, bias);
     return;
   }
-  // Split the longer side into aligned groups; each thread claims groups (thread_pool.h).
-  const bool by_rows = M >= N;
+  // Split the side with more aligned groups, so that the threads' shares come out even (an
+  // [80, 224] output is 10 groups of rows but 5 panels of columns); columns when b needs packing
+  // (gemm_f32 packs the panels of a piece's columns: a split of rows would pack all of b twice).
+  // Each thread claims groups (thread_pool.h). Every element is computed the same way whatever
+  // the split, so the results do not depend on it.
+  const bool own = own_gemm_takes(out, a, b, bias);
+  const int64_t row_align = own ? kAlignOwnRows : kAlign, col_align = own ? kAlignOwnColumns : kAlign;
+  const int64_t row_groups = (M + row_align - 1) / row_align, col_groups = (N + col_align - 1) / col_align;
+  const bool packs_b = own && b.stride(1) != 1;
+  const bool by_rows = packs_b ? M >= N : row_groups >= col_groups;
   const int64_t len = by_rows ? M : N;
-  const int64_t align = !by_rows && own_gemm_takes(out, a, b, bias) ? kAlignOwnColumns : kAlign;
-  const int64_t groups = (len + align - 1) / align;
+  const int64_t align = by_rows ? row_align : col_align;
+  const int64_t groups = by_rows ? row_groups : col_groups;
   const int64_t grain = std::max<int64_t>(1, groups / (2 * threads));
   parallel_for(groups, grain, [&](int64_t g0, int64_t g1) {
     const int64_t begin = g0 * align, size = std::min(len, g1 * align) - begin;

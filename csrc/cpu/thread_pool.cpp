@@ -93,12 +93,15 @@ class Pool {
     }
     ensure_workers(nthreads - 1);
     const int64_t max_chunks = kChunksPerThread * nthreads;
-    const int64_t chunk = std::max(grain, (n + max_chunks - 1) / max_chunks);
-    const int64_t total = (n + chunk - 1) / chunk;
+    // As many chunks as the grain allows (at most max_chunks), rounded up to a multiple of the
+    // threads when n allows, and of equal sizes (within one): a grain of 73 rows over 80 makes two
+    // chunks of 40, not 73 and 7; 14 column panels in pieces of 3 make 6 chunks (2 or 3 panels), of
+    // which each thread can take 3, not 5 chunks of 3, 3, 3, 3 and 2.
+    const int64_t most = std::min(max_chunks, (n + grain - 1) / std::max<int64_t>(grain, 1));
+    const int64_t total = std::min(n, (most + nthreads - 1) / nthreads * nthreads);
     fn_.store(fn, std::memory_order_relaxed);
     body_.store(body, std::memory_order_relaxed);
     n_.store(n, std::memory_order_relaxed);
-    chunk_.store(chunk, std::memory_order_relaxed);
     total_.store(total, std::memory_order_relaxed);
     active_workers_.store(nthreads - 1, std::memory_order_relaxed);
     done_.store(0, std::memory_order_relaxed);
@@ -168,8 +171,8 @@ class Pool {
         continue;
       }
       // Chunk c of job `seq` is ours: the job cannot finish (nor its fields change) before we count it.
-      const int64_t chunk = chunk_.load(std::memory_order_relaxed);
-      const int64_t begin = c * chunk, end = std::min(n_.load(std::memory_order_relaxed), begin + chunk);
+      const int64_t n = n_.load(std::memory_order_relaxed), total = total_.load(std::memory_order_relaxed);
+      const int64_t begin = c * n / total, end = (c + 1) * n / total;  // chunk sizes differ by at most 1
       t_in_chunk = true;
       try {
         const c10::impl::ForceDispatchKeyGuard keys(
@@ -223,7 +226,7 @@ class Pool {
   // The current job (written by the caller before it publishes `claim_`).
   std::atomic<detail::ChunkFn> fn_{nullptr};
   std::atomic<const void*> body_{nullptr};
-  std::atomic<int64_t> n_{0}, chunk_{1}, total_{0};
+  std::atomic<int64_t> n_{0}, total_{0};
   std::atomic<int> active_workers_{0};
   std::atomic<uint64_t> included_{0}, excluded_{0};  // the caller's thread-local dispatch key sets
   std::atomic<bool> grad_mode_{true};               // and grad mode

@@ -33,8 +33,10 @@ using ChunkFn = void (*)(const void* body, int64_t begin, int64_t end);
 void run_parallel(int64_t n, int64_t grain, ChunkFn fn, const void* body);
 }  // namespace detail
 
-// Runs body(begin, end) over [0, n) in contiguous chunks of at least `grain` elements (the last
-// may be shorter) on the calling thread and the pool's workers; returns when all are done. With one
+// Runs body(begin, end) over [0, n) in contiguous chunks of equal sizes (within one element), about
+// `grain` elements or more each (their count is rounded up to a multiple of the threads, so that
+// the threads' shares come out even), on the calling thread and the pool's workers; returns when
+// all are done. With one
 // thread, n <= grain, or inside a chunk, it is simply body(0, n). Exceptions thrown by body are
 // rethrown here (the first one; the other chunks still run).
 template <class F>
