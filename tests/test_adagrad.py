@@ -247,3 +247,30 @@ def test_cpu_pair_equals_two_sparse_updates_bitwise(dtype, mu, transposed):
     for x, y in zip(a, b):
         assert torch.equal(x, y)
     assert torch.equal(a[3][N - 1], param2[N - 1]) and not torch.equal(a[0][N - 1], param[N - 1])
+
+
+@pytest.mark.skipif(not ext.has_kernel("sparse_adagrad_pair_", "CPU"), reason="kernel not built")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpu_pair_over_the_pool_equals_two_sparse_updates_bitwise(threads):
+    """At the training step's shapes (Wy rows [M, 224] at the scored items and the input rows, By
+    at the scored items, the first M2): many groups split over the pool's threads, repeats inside
+    and across the two parts of the indices."""
+    before = ext.get_num_threads()
+    ext.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(11)
+        N, D, M2, B = 6000, 224, 2100, 80
+        idx = torch.cat([torch.randint(0, N, (M2,), generator=g), torch.randint(0, N, (B,), generator=g)])
+        idx[5] = idx[M2 + 1] = idx[M2 - 1]  # repeated within the first M2 and after it
+        tables = [torch.randn(N, D, generator=g), torch.rand(N, D, generator=g), torch.randn(N, D, generator=g),
+                  torch.randn(N, 1, generator=g), torch.rand(N, 1, generator=g), torch.randn(N, 1, generator=g)]
+        rows, rows2 = torch.randn(M2 + B, D, generator=g), torch.randn(M2, 1, generator=g)
+        a = [t.clone() for t in tables]
+        torch.ops.gru4rec.sparse_adagrad_pair_(*a, idx, rows, rows2, 0.05, 0.4, 1e-6)
+        b = [t.clone() for t in tables]
+        torch.ops.gru4rec.sparse_adagrad_(b[0], b[1], b[2], idx, rows, 0.05, 0.4, 1e-6)
+        torch.ops.gru4rec.sparse_adagrad_(b[3], b[4], b[5], idx[:M2].contiguous(), rows2, 0.05, 0.4, 1e-6)
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)
+    finally:
+        ext.set_num_threads(before)
