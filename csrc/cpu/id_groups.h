@@ -18,30 +18,40 @@ struct IdGroups {
   int64_t size() const { return static_cast<int64_t>(first.size()); }
 
   void build(const int64_t* ids, int64_t M, int64_t N) {
-    thread_local std::vector<int32_t> slot;
-    if (static_cast<int64_t>(slot.size()) < N) slot.assign(N, -1);
-    std::vector<int64_t> last;
-    first.clear();
+    thread_local std::vector<int32_t> slot_table;
+    thread_local std::vector<int64_t> last_table;  // each group's latest position so far
+    std::vector<int32_t>& slot_vec = slot_table;    // one TLS lookup, not one per id
+    std::vector<int64_t>& last = last_table;
+    if (static_cast<int64_t>(slot_vec.size()) < N) slot_vec.assign(N, -1);
+    int32_t* slot = slot_vec.data();
+    last.resize(M);
+    first.resize(M);
     next.assign(M, -1);
     group.resize(M);
+    int64_t* fst = first.data();
+    int64_t* lst = last.data();
+    int64_t* nxt = next.data();
+    int32_t* grp = group.data();
+    int32_t G = 0;
     for (int64_t i = 0; i < M; ++i) {
       const int64_t r = ids[i];
       if (r < 0) {
-        group[i] = -1;
+        grp[i] = -1;
         continue;
       }
       int32_t s = slot[r];
       if (s < 0) {
-        s = slot[r] = static_cast<int32_t>(first.size());
-        first.push_back(i);
-        last.push_back(i);
+        s = slot[r] = G++;
+        fst[s] = i;
+        lst[s] = i;
       } else {
-        next[last[s]] = i;
-        last[s] = i;
+        nxt[lst[s]] = i;
+        lst[s] = i;
       }
-      group[i] = s;
+      grp[i] = s;
     }
-    for (int64_t f : first) slot[ids[f]] = -1;
+    first.resize(G);
+    for (int32_t g = 0; g < G; ++g) slot[ids[fst[g]]] = -1;
   }
 };
 
