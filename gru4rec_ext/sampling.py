@@ -94,6 +94,7 @@ class PopularitySampler:
         self._offset = torch.zeros((), dtype=torch.int64, device=self.device)  # the step reads from here
         self._arange = torch.empty(0, dtype=torch.int64, device=self.device)   # 0..k-1
         self._buffer = torch.empty(0, dtype=torch.int64, device=self.device)   # take(k)'s output
+        self._offset_behind = False  # take_view moved the host position without the device offset
 
     def _refill(self, k: int) -> None:
         """Draw a new block of max(block_size, k) samples into the cache (in place when its size
@@ -124,12 +125,27 @@ class PopularitySampler:
         the sampler's static buffer (the same tensor every call, overwritten in place), gathered
         at the device offset, which then advances by k. Only device ops: safe in a CUDA graph."""
         k = int(k)
+        self.sync_offset(k)
         if self._arange.numel() != k:  # the first call for this k (never inside a captured step)
             self._arange = torch.arange(k, dtype=torch.int64, device=self.device)
             self._buffer = torch.empty(k, dtype=torch.int64, device=self.device)
         torch.index_select(self._cache, 0, self._arange + self._offset, out=self._buffer)
         self._offset += k
         return self._buffer
+
+    def sync_offset(self, k: int) -> None:
+        """After `reserve(k)`: set the device offset to the host's position if `take_view` moved
+        the position without it (a no-op otherwise, as in every step of a captured graph)."""
+        if self._offset_behind:
+            self._offset.fill_(self._pos - int(k))
+            self._offset_behind = False
+
+    def take_view(self, k: int) -> torch.Tensor:
+        """`take(k)` without device ops (after `reserve(k)`): the next `k` samples as a view of the
+        cache, valid until the next `reserve`. For eager steps on the CPU, where take's gather and
+        offset update cost more than the view; the device offset catches up at the next `take`."""
+        self._offset_behind = True
+        return self._cache.narrow(0, self._pos - int(k), int(k))
 
     def draw(self, k: int) -> torch.Tensor:
         """The next `k` samples, int64 [k] on the sampler's device (a new tensor)."""
@@ -168,3 +184,4 @@ class PopularitySampler:
             self._cache = cache
         self._pos = int(state["pos"])
         self._offset.fill_(self._pos)
+        self._offset_behind = False

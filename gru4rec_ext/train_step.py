@@ -230,8 +230,8 @@ class TrainStep:
     (loss [], new hidden [L,B,H]), updating the model and the optimizer state in place.
 
     inputs, targets int64 [B], reset bool [B], valid bool [B] or None (None: every row is valid).
-    Each call takes `n_sample` samples from `sampler` (a static buffer read through its
-    device-side offset: graph-safe) and runs `run`. `fused`: one `gru4rec::train_step_` call (CPU
+    Each call takes `n_sample` samples from `sampler` (on the CPU a view of its cache, elsewhere a
+    static buffer read through its device-side offset: graph-safe) and runs `run`. `fused`: one `gru4rec::train_step_` call (CPU
     kernels); else `compute_step` then the optimizer's updates (the same weights). The sampler's
     log q tables are converted to the model's dtype once, here.
     """
@@ -248,7 +248,10 @@ class TrainStep:
 
     def __call__(self, inputs, targets, reset, valid, hidden):
         self.sampler.reserve(self.n_sample)  # host: refill the sampler's cache in place when due
-        samples = self.sampler.take(self.n_sample)  # device: static buffer at the device-side offset
+        if self.sampler.device.type == "cpu":  # a view of the cache: no gather, no offset update
+            samples = self.sampler.take_view(self.n_sample)
+        else:  # device: static buffer at the device-side offset
+            samples = self.sampler.take(self.n_sample)
         return self.run(inputs, targets, reset, valid, samples, hidden)
 
     def run(self, inputs, targets, reset, valid, samples, hidden):
@@ -361,4 +364,5 @@ class StaticStep:
     def advance(self) -> None:
         """One training step of the bound epoch."""
         self.sampler.reserve(self.n_sample)  # host: refill the sampler's cache in place when due
+        self.sampler.sync_offset(self.n_sample)  # (only if an eager CPU step took views before)
         self.runner()

@@ -136,6 +136,24 @@ def test_sampler_step_reads_a_device_side_offset():
     assert torch.equal(resumed.draw(10), got[3]) and torch.equal(resumed.draw(10), got[4])
 
 
+def test_sampler_views_and_device_offset_share_one_sequence():
+    """The CPU step's `take_view` (a view of the cache, no device ops) and `take` (the device
+    offset) hand out one sequence in any mix, across refills; `sync_offset` brings the device
+    offset to the host's position for a step that reads it itself (StaticStep)."""
+    counts = torch.arange(1, 31)
+    ref = PopularitySampler(counts, 0.4, "cpu", block_size=25, seed=7)
+    s = PopularitySampler(counts, 0.4, "cpu", block_size=25, seed=7)
+    for i in range(12):
+        expected = ref.draw(10)
+        s.reserve(10)
+        got = s.take_view(10) if i % 3 else s.take(10)
+        assert torch.equal(got, expected)
+    s.reserve(10)
+    s.sync_offset(10)
+    assert int(s._offset) == s._pos - 10
+    assert torch.equal(s._cache[int(s._offset):int(s._offset) + 10], ref.draw(10))
+
+
 @pytest.fixture(scope="module")
 def small():
     return rsc15_slice(1500, 300)
