@@ -1,9 +1,10 @@
 """Negative sampling for training (SPEC section 4): items drawn with probability ∝ count^alpha.
 
 Samples are drawn in large blocks on the training device with Walker's alias method (per sample:
-a uniform item i and a uniform u, result i if u < prob[i] else alias[i]; a handful of vectorised
-passes per block, several times cheaper than a binary search of the cumulative table), from a
-seeded `torch.Generator`, into a cache that is refilled in place.
+a uniform item i and a uniform u, result i if u < prob[i] else alias[i]: several times cheaper
+than a binary search of the cumulative table), from a seeded `torch.Generator`, into a cache that
+is refilled in place: on the CPU by the compiled `gru4rec::alias_sample_` (one pass), elsewhere by a
+handful of vectorised tensor ops that draw the same numbers (`ops.alias_sample`).
 
 A training step takes its samples through an offset that lives on the device (a 0-dim int64
 tensor): `take(k)` gathers cache[offset : offset + k] into a static buffer (the same tensor every
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
+from .ops.alias_sample import alias_sample_
 
 DEFAULT_BLOCK_SIZE = 1 << 20
 
@@ -100,13 +103,9 @@ class PopularitySampler:
         """Draw a new block of max(block_size, k) samples into the cache (in place when its size
         is unchanged) and set the offset to 0."""
         size = max(self.block_size, k)
-        idx = torch.randint(0, self.n_items, (size,), generator=self.generator, device=self.device)
-        u = torch.rand(size, generator=self.generator, device=self.device)
-        block = torch.where(u < self._prob.index_select(0, idx), idx, self._alias.index_select(0, idx))
-        if self._cache.numel() == size:
-            self._cache.copy_(block)
-        else:
-            self._cache = block
+        if self._cache.numel() != size:
+            self._cache = torch.empty(size, dtype=torch.int64, device=self.device)
+        alias_sample_(self._cache, self._prob, self._alias, self.generator)  # in place
         self._offset.zero_()
         self._pos = 0
 

@@ -3,6 +3,9 @@
 // csrc/cpu/uniform_cpu.cpp.
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/core/MT19937RNGEngine.h>
+
+#include <cstdint>
 
 #include <optional>
 
@@ -17,5 +20,9 @@ void uniform_fill(at::Tensor& out, const std::optional<at::Generator>& gen = std
 
 // uniform_fill into a new tensor like x (x's sizes, dtype and device; contiguous).
 at::Tensor rand_like_fast(const at::Tensor& x);
+
+// out [n]: the next n 32-bit words of engine, as n calls of its operator() give them (block state
+// updates and tempering 8 words at a time; simd false: the scalar code).
+void draw_words(at::mt19937& engine, uint32_t* out, int64_t n, bool simd = true);
 
 }  // namespace gru4rec::cpu
