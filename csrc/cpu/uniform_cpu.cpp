@@ -113,11 +113,11 @@ void temper(const uint32_t* s, uint32_t* out, int64_t m, bool simd) {
   temper_scalar(s, out, m);
 }
 
+}  // namespace
+
 // out [n]: the next n words of engine, as n calls of its operator() give them. The engine takes
 // a word from state_[next_] while --left_ stays above 0, and makes the next block when it reaches
 // 0: left_ - 1 words are ready, and a new block has left_ = 625 - next_. simd false: no AVX2.
-}  // namespace
-
 void draw_words(at::mt19937& engine, uint32_t* out, int64_t n, bool simd) {
   at::mt19937_data_pod st = engine.data();
   if (st.left_ < 1 || st.next_ + static_cast<int64_t>(st.left_) - 1 > kN) {  // not a state it makes
