@@ -519,6 +519,24 @@ GRU4REC_ROWS_INLINE inline bool row_loss_grad(const acc_t* __restrict__ r, const
   return true;
 }
 
+// A run of an index map: positions [dst, dst + len) read [src, src + len).
+struct IndexRun {
+  int64_t dst, src, len;
+};
+
+// map [n] as runs of consecutive positions with consecutive values (map[i] == map[i - 1] + 1).
+std::vector<IndexRun> index_runs(const int64_t* map, int64_t n) {
+  std::vector<IndexRun> runs;
+  for (int64_t i = 0; i < n; ++i) {
+    if (i > 0 && map[i] == map[i - 1] + 1) {
+      ++runs.back().len;
+    } else {
+      runs.push_back({i, map[i], 1});
+    }
+  }
+  return runs;
+}
+
 // The fused row pass: S [B,U] raw scores in, dL/dS (scaled by 1/B) out in place; cols [C] (the
 // gathered row of each loss column) or null (then U = C and column j is row j); cand [U] int64,
 // log_q [C] or null, valid [B] or null (an invalid row has no loss and its target column is no
@@ -552,6 +570,15 @@ void row_pass_cpu(scalar_t* S, const int64_t* cols, const int64_t* cand, const s
       repeats.push_back(j);
     }
   }
+  // Both maps as runs of consecutive positions that read consecutive positions: the per-row
+  // gather of the columns' scores (column j reads gathered row cols[j]) and the scatter back (row
+  // u reads column first[u]) copy whole runs, not one indexed element at a time. Few items repeat
+  // among thousands of samples, so the runs are long.
+  std::vector<IndexRun> gather_runs, scatter_runs;
+  if (cols) {
+    gather_runs = index_runs(cols, C);
+    scatter_runs = index_runs(first.data(), U);
+  }
   cpu::parallel_for(B, grain, [&](int64_t begin, int64_t end) {
     RowScratch<acc_t> s(C);
     // ds has one more element, a 0, for the gathered rows that no column scores.
@@ -570,7 +597,11 @@ void row_pass_cpu(scalar_t* S, const int64_t* cols, const int64_t* cand, const s
       }
       const acc_t* x = xs.data();  // the row's raw scores, one per column
       if (cols) {
-        for (int64_t j = 0; j < C; ++j) xs[j] = acc_t(row[cols[j]]);
+        acc_t* __restrict__ to = xs.data();
+        const scalar_t* __restrict__ from = row;
+        for (const IndexRun& run : gather_runs) {
+          for (int64_t k = 0; k < run.len; ++k) to[run.dst + k] = acc_t(from[run.src + k]);
+        }
       } else if constexpr (kSame) {
         x = row;
       } else {
@@ -635,7 +666,13 @@ void row_pass_cpu(scalar_t* S, const int64_t* cols, const int64_t* cand, const s
         } else {
           sum = du.data();
         }
-        for (int64_t u = 0; u < U; ++u) sum[u] = acc_t(0) + ds[first[u]];
+        {
+          acc_t* __restrict__ to = sum;
+          const acc_t* __restrict__ from = ds.data();
+          for (const IndexRun& run : scatter_runs) {
+            for (int64_t k = 0; k < run.len; ++k) to[run.dst + k] = acc_t(0) + from[run.src + k];
+          }
+        }
         for (const int64_t j : repeats) sum[cols[j]] += ds[j];
         if constexpr (!kSame) {
           for (int64_t u = 0; u < U; ++u) row[u] = scalar_t(du[u]);
