@@ -519,14 +519,25 @@ GRU4REC_ROWS_INLINE inline bool row_loss_grad(const acc_t* __restrict__ r, const
   return true;
 }
 
+// Runs of an index map shorter than this on average are slower to copy than to index.
+constexpr int64_t kMinMeanRun = 4;
+
 // A run of an index map: positions [dst, dst + len) read [src, src + len).
 struct IndexRun {
   int64_t dst, src, len;
 };
 
+// The number of runs of map [n]: maximal stretches with map[i] == map[i - 1] + 1.
+int64_t count_runs(const int64_t* map, int64_t n) {
+  int64_t runs = n > 0 ? 1 : 0;
+  for (int64_t i = 1; i < n; ++i) runs += map[i] != map[i - 1] + 1;
+  return runs;
+}
+
 // map [n] as runs of consecutive positions with consecutive values (map[i] == map[i - 1] + 1).
 std::vector<IndexRun> index_runs(const int64_t* map, int64_t n) {
   std::vector<IndexRun> runs;
+  runs.reserve(static_cast<size_t>(count_runs(map, n)));
   for (int64_t i = 0; i < n; ++i) {
     if (i > 0 && map[i] == map[i - 1] + 1) {
       ++runs.back().len;
@@ -572,12 +583,14 @@ void row_pass_cpu(scalar_t* S, const int64_t* cols, const int64_t* cand, const s
   }
   // Both maps as runs of consecutive positions that read consecutive positions: the per-row
   // gather of the columns' scores (column j reads gathered row cols[j]) and the scatter back (row
-  // u reads column first[u]) copy whole runs, not one indexed element at a time. Few items repeat
-  // among thousands of samples, so the runs are long.
+  // u reads column first[u]) copy whole runs, not one indexed element at a time, when the runs
+  // are long (few items repeat among the samples: retailrocket's 2,128 columns have about 130
+  // runs). Short runs cost more than the indexed loop (rsc15's 2,080 columns over 1,370 items:
+  // about 1,160), which then stays.
   std::vector<IndexRun> gather_runs, scatter_runs;
   if (cols) {
-    gather_runs = index_runs(cols, C);
-    scatter_runs = index_runs(first.data(), U);
+    if (count_runs(cols, C) * kMinMeanRun <= C) gather_runs = index_runs(cols, C);
+    if (count_runs(first.data(), U) * kMinMeanRun <= U) scatter_runs = index_runs(first.data(), U);
   }
   cpu::parallel_for(B, grain, [&](int64_t begin, int64_t end) {
     RowScratch<acc_t> s(C);
@@ -596,7 +609,9 @@ void row_pass_cpu(scalar_t* S, const int64_t* cols, const int64_t* cand, const s
         continue;
       }
       const acc_t* x = xs.data();  // the row's raw scores, one per column
-      if (cols) {
+      if (cols && gather_runs.empty()) {
+        for (int64_t j = 0; j < C; ++j) xs[j] = acc_t(row[cols[j]]);
+      } else if (cols) {
         acc_t* __restrict__ to = xs.data();
         const scalar_t* __restrict__ from = row;
         for (const IndexRun& run : gather_runs) {
@@ -666,7 +681,9 @@ void row_pass_cpu(scalar_t* S, const int64_t* cols, const int64_t* cand, const s
         } else {
           sum = du.data();
         }
-        {
+        if (scatter_runs.empty()) {
+          for (int64_t u = 0; u < U; ++u) sum[u] = acc_t(0) + ds[first[u]];
+        } else {
           acc_t* __restrict__ to = sum;
           const acc_t* __restrict__ from = ds.data();
           for (const IndexRun& run : scatter_runs) {
