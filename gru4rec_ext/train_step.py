@@ -231,9 +231,9 @@ class TrainStep:
 
     inputs, targets int64 [B], reset bool [B], valid bool [B] or None (None: every row is valid).
     Each call takes `n_sample` samples from `sampler` (on the CPU a view of its cache, elsewhere a
-    static buffer read through its device-side offset: graph-safe) and runs `run`. `fused`: one `gru4rec::train_step_` call (CPU
-    kernels); else `compute_step` then the optimizer's updates (the same weights). The sampler's
-    log q tables are converted to the model's dtype once, here.
+    static buffer read through its device-side offset: graph-safe) and runs `run`. `fused`: one
+    `gru4rec::train_step_` call (CPU kernels); else `compute_step` then the optimizer's updates
+    (the same weights). The sampler's log q tables are converted to the model's dtype once, here.
     """
 
     def __init__(self, model: GRU4Rec, optimizer, sampler, output_loss: OutputLoss, *, n_sample: int, logq: float,
@@ -245,14 +245,13 @@ class TrainStep:
         dtype = model.Wy.dtype
         self.log_q_tables = tuple(t.to(dtype) for t in sampler.log_q_tables()) if logq > 0 else (None, None)
         self._fused_args = self._fused_step_args() if self.fused else None
+        # On the CPU a view of the sampler's cache (no gather, no offset update); elsewhere its
+        # static buffer at the device-side offset.
+        self._take = sampler.take_view if sampler.device.type == "cpu" else sampler.take
 
     def __call__(self, inputs, targets, reset, valid, hidden):
         self.sampler.reserve(self.n_sample)  # host: refill the sampler's cache in place when due
-        if self.sampler.device.type == "cpu":  # a view of the cache: no gather, no offset update
-            samples = self.sampler.take_view(self.n_sample)
-        else:  # device: static buffer at the device-side offset
-            samples = self.sampler.take(self.n_sample)
-        return self.run(inputs, targets, reset, valid, samples, hidden)
+        return self.run(inputs, targets, reset, valid, self._take(self.n_sample), hidden)
 
     def run(self, inputs, targets, reset, valid, samples, hidden):
         """The step with the given samples int64 [K]: (loss [], new hidden [L,B,H])."""

@@ -90,14 +90,10 @@ bool matches_aten() {
 void alias_sample_cpu(at::Tensor& out, const at::Tensor& prob, const at::Tensor& alias,
                       const std::optional<at::Generator>& gen) {
   check_alias_sample_args(out, prob, alias);
-  static const bool same = [] {
-    const bool ok = matches_aten();
-    if (!ok) {
-      TORCH_WARN("gru4rec: this torch's randint/rand draws differ from the package's alias sampler "
-                 "(csrc/cpu/alias_sample_cpu.cpp); sampling runs torch's ops instead");
-    }
-    return ok;
-  }();
+  static const bool same = cpu::warn_unless(matches_aten(),
+                                            "gru4rec: this torch's randint/rand draws differ from the package's "
+                                            "alias sampler (csrc/cpu/alias_sample_cpu.cpp); sampling runs torch's "
+                                            "ops instead");
   // ATen's randint takes 64-bit words from N = 2^28 on: that range stays with ATen.
   if (!same || prob.size(0) >= (int64_t(1) << 28)) {
     alias_sample_aten(out, prob, alias, gen);

@@ -527,17 +527,14 @@ struct IndexRun {
   int64_t dst, src, len;
 };
 
-// The number of runs of map [n]: maximal stretches with map[i] == map[i - 1] + 1.
-int64_t count_runs(const int64_t* map, int64_t n) {
-  int64_t runs = n > 0 ? 1 : 0;
-  for (int64_t i = 1; i < n; ++i) runs += map[i] != map[i - 1] + 1;
-  return runs;
-}
-
-// map [n] as runs of consecutive positions with consecutive values (map[i] == map[i - 1] + 1).
-std::vector<IndexRun> index_runs(const int64_t* map, int64_t n) {
+// map [n] as runs of consecutive positions with consecutive values (map[i] == map[i - 1] + 1),
+// or none (empty) when they average fewer than kMinMeanRun positions.
+std::vector<IndexRun> long_runs(const int64_t* map, int64_t n) {
+  int64_t count = n > 0 ? 1 : 0;
+  for (int64_t i = 1; i < n; ++i) count += map[i] != map[i - 1] + 1;
   std::vector<IndexRun> runs;
-  runs.reserve(static_cast<size_t>(count_runs(map, n)));
+  if (count * kMinMeanRun > n) return runs;
+  runs.reserve(static_cast<size_t>(count));
   for (int64_t i = 0; i < n; ++i) {
     if (i > 0 && map[i] == map[i - 1] + 1) {
       ++runs.back().len;
@@ -587,11 +584,8 @@ void row_pass_cpu(scalar_t* S, const int64_t* cols, const int64_t* cand, const s
   // are long (few items repeat among the samples: retailrocket's 2,128 columns have about 130
   // runs). Short runs cost more than the indexed loop (rsc15's 2,080 columns over 1,370 items:
   // about 1,160), which then stays.
-  std::vector<IndexRun> gather_runs, scatter_runs;
-  if (cols) {
-    if (count_runs(cols, C) * kMinMeanRun <= C) gather_runs = index_runs(cols, C);
-    if (count_runs(first.data(), U) * kMinMeanRun <= U) scatter_runs = index_runs(first.data(), U);
-  }
+  const std::vector<IndexRun> gather_runs = cols ? long_runs(cols, C) : std::vector<IndexRun>();
+  const std::vector<IndexRun> scatter_runs = cols ? long_runs(first.data(), U) : std::vector<IndexRun>();
   cpu::parallel_for(B, grain, [&](int64_t begin, int64_t end) {
     RowScratch<acc_t> s(C);
     // ds has one more element, a 0, for the gathered rows that no column scores.

@@ -97,7 +97,8 @@ class Pool {
     // threads when n allows, and of equal sizes (within one): a grain of 73 rows over 80 makes two
     // chunks of 40, not 73 and 7; 14 column panels in pieces of 3 make 6 chunks (2 or 3 panels), of
     // which each thread can take 3, not 5 chunks of 3, 3, 3, 3 and 2.
-    const int64_t most = std::min(max_chunks, (n + grain - 1) / std::max<int64_t>(grain, 1));
+    const int64_t g = std::max<int64_t>(grain, 1);
+    const int64_t most = std::min(max_chunks, (n + g - 1) / g);
     const int64_t total = std::min(n, (most + nthreads - 1) / nthreads * nthreads);
     fn_.store(fn, std::memory_order_relaxed);
     body_.store(body, std::memory_order_relaxed);

@@ -211,15 +211,16 @@ bool matches_aten() {
 
 }  // namespace
 
+bool warn_unless(bool ok, const char* message) {
+  if (!ok) TORCH_WARN(message);
+  return ok;
+}
+
 void uniform_fill(at::Tensor& out, const std::optional<at::Generator>& gen, bool simd) {
-  static const bool same = [] {
-    const bool ok = matches_aten();
-    if (!ok) {
-      TORCH_WARN("gru4rec: this torch's uniform_ draws differ from the package's fast CPU draws "
-                 "(csrc/cpu/uniform_cpu.cpp); the dropout masks use torch's uniform_ instead");
-    }
-    return ok;
-  }();
+  static const bool same = warn_unless(matches_aten(),
+                                       "gru4rec: this torch's uniform_ draws differ from the package's fast CPU "
+                                       "draws (csrc/cpu/uniform_cpu.cpp); the dropout masks use torch's uniform_ "
+                                       "instead");
   if (!same || !fill_supported(out)) {
     out.uniform_(0, 1, gen);
     return;

@@ -21,6 +21,10 @@ void uniform_fill(at::Tensor& out, const std::optional<at::Generator>& gen = std
 // uniform_fill into a new tensor like x (x's sizes, dtype and device; contiguous).
 at::Tensor rand_like_fast(const at::Tensor& x);
 
+// ok, after a warning with `message` when it is false: for the once-per-process checks of the
+// fast draws against ATen (`static const bool same = warn_unless(matches_aten(), "...")`).
+bool warn_unless(bool ok, const char* message);
+
 // out [n]: the next n 32-bit words of engine, as n calls of its operator() give them (block state
 // updates and tempering 8 words at a time; simd false: the scalar code).
 void draw_words(at::mt19937& engine, uint32_t* out, int64_t n, bool simd = true);
